@@ -1,0 +1,3 @@
+from portrait_edit.cli import main
+
+main()
