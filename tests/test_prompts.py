@@ -1,0 +1,68 @@
+"""Prompt templates (data/prompts/*.json) and the paper's p / p_a / p_b captions."""
+
+import json
+
+import pytest
+
+from portrait_edit.data.prompts import (
+    available_tasks,
+    caption,
+    load_templates,
+    prompts_for,
+    task_for_direction,
+)
+
+
+def test_shipped_templates_give_the_paper_prompts():
+    assert {"costume", "expression"} <= set(available_tasks())
+    assert prompts_for("santa", "woman") == {
+        "p": "the same woman on the left and right",
+        "p_a": "a woman, normal costume",
+        "p_b": "a woman, santa claus costume",
+    }
+    assert prompts_for("laughing", "man")["p_a"] == "a man, neutral expression"
+    assert prompts_for("laughing", "man", task="expression")["p_b"] == "a man, laughing"
+    assert caption("man", "royal", "costume") == "a man, traditional golden palace costume"
+    assert caption("woman", "sheep", "costume") == "a woman, cute white sheep costume"
+    assert caption("woman", None, "expression") == "a woman, neutral expression"
+    assert task_for_direction("flower") == "costume" and task_for_direction("crying") == "expression"
+    names = [name for name, _ in load_templates("costume").directions]
+    assert names == ["flower", "sheep", "santa", "royal"]
+
+
+def test_unknown_direction_and_bad_gender_are_value_errors():
+    with pytest.raises(ValueError, match="sheep"):
+        prompts_for("pirate", "man")
+    with pytest.raises(ValueError, match="costume.json"):
+        caption("man", "angry", "costume")
+    with pytest.raises(ValueError, match="gender"):
+        prompts_for("santa", "")
+
+
+def test_bad_or_missing_files_name_the_file(tmp_path):
+    missing = tmp_path / "nope.json"
+    with pytest.raises(ValueError, match="nope.json"):
+        load_templates(str(missing))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json"):
+        load_templates(str(broken))
+    no_slot = tmp_path / "no_slot.json"
+    spec = {
+        "task": "hats",
+        "shared": "the same {gender} on the left and right",
+        "source": "a {gender}",
+        "target": "a {gender}, {target}",
+        "source_description": "no hat",
+        "directions": {"cap": "wearing a cap"},
+    }
+    no_slot.write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=r"no_slot.json.*\{source\}"):
+        load_templates(str(no_slot))
+    good = tmp_path / "hats.json"
+    good.write_text(json.dumps({**spec, "source": "a {gender}, {source}"}))
+    assert prompts_for("cap", "woman", task=str(good)) == {
+        "p": "the same woman on the left and right",
+        "p_a": "a woman, no hat",
+        "p_b": "a woman, wearing a cap",
+    }
