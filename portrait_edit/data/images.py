@@ -1,0 +1,171 @@
+"""Robust image decoding and the array <-> tensor <-> PNG helpers every data path uses.
+
+WebDataset's built-in decoder does open -> load -> convert(mode): no EXIF transpose, alpha silently
+dropped, 16-bit images clipped (ECOSYSTEM.md §2, §7). Everything that reads an image goes through
+`decode_image` instead, which:
+
+1. opens the bytes (keeping PIL's decompression-bomb limit, `Image.MAX_IMAGE_PIXELS`);
+2. loads the pixels inside try/except, because truncation only shows at load time (wds#206);
+3. applies the EXIF orientation (`ImageOps.exif_transpose`);
+4. converts every mode to RGB: alpha and transparent palettes are composited onto a fixed background
+   first, 16-bit and float images are rescaled (not clipped) to 8 bit;
+5. rejects images smaller than `min_size`.
+
+Every failure is a ValueError that names the file or key and says what to do about it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+# Fixed zlib level: the same array must give the same bytes on every rank and every rerun (house rule 10).
+PNG_COMPRESS_LEVEL = 6
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def decode_image(
+    data: bytes,
+    name: str,
+    *,
+    min_size: int = 8,
+    background: Sequence[int] = (255, 255, 255),
+) -> Image.Image:
+    """Decode encoded image bytes into an RGB PIL image, robustly.
+
+    Args:
+        data: the encoded file contents (PNG, JPEG, ... anything PIL reads).
+        name: the file name or sample key/member, used in error messages.
+        min_size: smallest accepted width and height in pixels.
+        background: RGB colour that transparent pixels are composited onto.
+
+    Returns:
+        A fully loaded RGB image, EXIF orientation applied.
+
+    Raises:
+        ValueError: the bytes are empty, not an image, truncated, too large, or smaller than min_size.
+    """
+    if not data:
+        raise ValueError(f"image {name!r} is empty (0 bytes); re-create the file or drop it from the dataset")
+    try:
+        img = Image.open(io.BytesIO(data))
+        # Truncated files open fine and only fail here; never rely on LOAD_TRUNCATED_IMAGES.
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        rgb = _to_rgb(img, tuple(int(c) for c in background))
+    except Image.DecompressionBombError as exc:
+        raise ValueError(
+            f"image {name!r} exceeds PIL's decompression-bomb limit ({exc}); resize it before adding it "
+            "to the dataset"
+        ) from exc
+    except (OSError, SyntaxError, ValueError, TypeError, EOFError, Image.UnidentifiedImageError) as exc:
+        raise ValueError(
+            f"cannot decode image {name!r} ({type(exc).__name__}: {exc}); the file is truncated, corrupt "
+            "or not an image: re-create it or remove it from the dataset"
+        ) from exc
+    if rgb.width < min_size or rgb.height < min_size:
+        raise ValueError(
+            f"image {name!r} is {rgb.width}x{rgb.height}, smaller than min_size={min_size}; remove it or "
+            "lower min_size"
+        )
+    return rgb
+
+
+def load_image(
+    path: str | os.PathLike,
+    *,
+    min_size: int = 8,
+    background: Sequence[int] = (255, 255, 255),
+) -> Image.Image:
+    """Read and decode an image file; see `decode_image`.
+
+    Args:
+        path: the image file.
+        min_size: smallest accepted width and height in pixels.
+        background: RGB colour that transparent pixels are composited onto.
+
+    Raises:
+        ValueError: the file cannot be read or decoded (the message names the path).
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read image file {os.fspath(path)!r}: {exc}") from exc
+    return decode_image(data, os.fspath(path), min_size=min_size, background=background)
+
+
+def _to_rgb(img: Image.Image, background: tuple[int, ...]) -> Image.Image:
+    """Convert any PIL mode to RGB, compositing alpha and rescaling high bit depths."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT_MODES or mode == "I":
+        # 16-bit PNGs load as I;16 or I (int32 holding 0..65535). Scale, do not clip: convert("L") would
+        # saturate everything above 255 to white.
+        arr = np.asarray(img, dtype=np.float64)
+        grey = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if mode == "F":
+        # Float images are taken as [0, 1] when they fit there, else as already on the 0..255 scale.
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if np.nanmax(arr, initial=0.0) <= 1.0 else 1.0
+        grey = np.clip(np.rint(np.nan_to_num(arr) * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if has_alpha:
+        # convert("RGB") would drop alpha and expose whatever colour sits under transparent pixels.
+        rgba = img.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, (*background[:3], 255))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    # L, 1, P (opaque), CMYK, YCbCr, LAB, HSV, RGB: PIL's conversions are correct for these.
+    return img.convert("RGB")
+
+
+def to_tensor(img: Image.Image | np.ndarray) -> torch.Tensor:
+    """RGB image (PIL or uint8 HxWx3 / HxW array) -> float tensor (3, H, W) in [-1, 1]."""
+    if isinstance(img, Image.Image):
+        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    else:
+        arr = _check_uint8(img)
+        if arr.ndim == 2:
+            arr = np.repeat(arr[:, :, None], 3, axis=2)
+    return torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def to_uint8(tensor: torch.Tensor) -> np.ndarray:
+    """Float tensor (3, H, W) or (1, H, W) in [-1, 1] -> uint8 array (H, W, 3) or (H, W); inverse of to_tensor."""
+    if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
+        raise ValueError(f"expected a (3, H, W) or (1, H, W) tensor, got shape {tuple(tensor.shape)}")
+    arr = ((tensor.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    arr = arr.permute(1, 2, 0).numpy()
+    return arr[:, :, 0] if arr.shape[2] == 1 else arr
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """uint8 (H, W, 3) or (H, W) array -> PNG bytes, deterministically.
+
+    Same array -> same bytes: a fixed compression level and no metadata chunks (PIL writes no time
+    chunk unless asked), so shards are byte-identical across reruns and ranks.
+    """
+    arr = _check_uint8(array)
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(
+        buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False
+    )
+    return buf.getvalue()
+
+
+def _check_uint8(array: np.ndarray) -> np.ndarray:
+    arr = np.asarray(array)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 array, got dtype {arr.dtype}; convert with to_uint8 first")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
+        raise ValueError(f"expected an (H, W, 3) or (H, W) array, got shape {arr.shape}")
+    return arr
