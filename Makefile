@@ -25,8 +25,19 @@ test: install
 test-all: install
 	$(PY) -m pytest -q -m ""
 
+# The main job on the mini world. Each step is a command a user can run on its own; reruns resume
+# (complete shards are skipped).
+DEMO := outputs/demo
 demo: install
-	$(PY) -m portrait_edit.demo
+	@echo "[1/3] mini-world sample sheet (4 identities x source + 8 edit directions)"
+	$(PY) tools/world_sheet.py --out $(DEMO)/world_sheet.png --identities 4 --seed 6
+	@echo "[2/3] mini-world pairs -> WebDataset pair shards (portrait-edit predict)"
+	$(PY) -m portrait_edit predict --config configs/mini/world_pairs.yaml \
+	  --trainer.callbacks.init_args.output_dir=$(DEMO)/pairs --trainer.default_root_dir=$(DEMO)/run \
+	  --data.init_args.num_samples=200 --data.init_args.shard_size=50
+	@echo "[3/3] inspect the shards"
+	$(PY) tools/inspect_shards.py $(DEMO)/pairs --sheet $(DEMO)/pairs_sheet.png
+	@echo "demo outputs: sample sheet $(DEMO)/world_sheet.png, pair shards $(DEMO)/pairs/, contact sheet $(DEMO)/pairs_sheet.png"
 
 lint: install
 	$(VENV)/bin/ruff check portrait_edit tests tools

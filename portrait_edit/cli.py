@@ -14,7 +14,6 @@ import warnings
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
-
 # Job loaders yield whole batches (lists of job dicts) from one process: Lightning can neither infer
 # per-sample batch indices (the shard writer does not need them) nor trust an IterableDataset's __len__
 # with several workers (ours is exact: job loaders run in the main process).
