@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE ?= offline
 export PYTHONHASHSEED := 0
 
-.PHONY: install test test-all demo lint lock clean
+.PHONY: install test test-all demo mini-base lint lock clean
 
 install: $(STAMP)
 
@@ -38,6 +38,11 @@ demo: install
 	@echo "[3/3] inspect the shards"
 	$(PY) tools/inspect_shards.py $(DEMO)/pairs --sheet $(DEMO)/pairs_sheet.png
 	@echo "demo outputs: sample sheet $(DEMO)/world_sheet.png, pair shards $(DEMO)/pairs/, contact sheet $(DEMO)/pairs_sheet.png"
+
+# Train the mini world's base models (VAE, CLIP, direction classifier, text-to-image UNet, pose ControlNet)
+# with our own fit configs and write them, with a manifest, into data/mini/. Resumable.
+mini-base: install
+	$(PY) tools/make_mini_base.py
 
 lint: install
 	$(VENV)/bin/ruff check portrait_edit tests tools

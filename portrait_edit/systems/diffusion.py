@@ -1,0 +1,261 @@
+"""One epsilon-prediction training loop for every denoiser of the project (DESIGN.md stages 0, 1 and 3).
+
+What a stage conditions on and which weights learn is a `Conditioning` (models/conditioning.py), chosen in
+the config by class_path; the math is in diffusion/noise.py. Batches are dicts with "image" (B, 3, H, W) in
+[-1, 1] or an already encoded "latent" (B, 4, h, w) (scaled; then the VAE never runs), plus whatever the
+conditioning reads ("caption", "pose", ...).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_only
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from portrait_edit.diffusion.noise import (
+    add_noise,
+    alphas_cumprod_from_betas,
+    epsilon_loss,
+    fixed_timesteps,
+    keyed_generator,
+    min_snr_weights,
+    rank_generator,
+    sample_noise,
+    sample_timesteps,
+    scaled_linear_betas,
+)
+from portrait_edit.models.components import load_components
+from portrait_edit.models.conditioning import Conditioning, TextConditioning
+
+# The VAE, text encoder and a frozen UNet stay in eval mode on purpose (see `train`).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+
+_VALIDATION = 1  # key salt: validation noise never repeats a training stream
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class DiffusionSystem(LightningModule):
+    """Trains a Stable Diffusion UNet (text-to-image) and/or what its conditioning trains (ControlNet, ...).
+
+    Args:
+        base: source of the VAE, UNet, text encoder and tokenizer (a preset such as `mini`, a local
+            diffusers folder, a single SD checkpoint or a hub id; see models/components.py).
+        conditioning: how a batch becomes the UNet's inputs (a class_path such as
+            portrait_edit.models.conditioning.PoseControlConditioning); None: TextConditioning() (not a
+            lazy_instance: that one object would be shared, and bound, by every system built in-process).
+        train_unet: train the UNet (text-to-image); False freezes it (ControlNet, identity encoder, ...).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: optimizer steps of linear learning-rate warmup from 0.
+        use_ema: keep an exponential moving average of the trained weights (saved in checkpoints, exported).
+        ema_decay: EMA decay per optimizer step, after a warmup (`ema_decay_at`).
+        snr_gamma: Min-SNR-gamma loss weighting (`min_snr_weights`; 5.0 converges several times faster in
+            short runs); None: plain MSE. val/loss is always the plain MSE, comparable across settings.
+        seed: seed of the per-rank noise/timestep generator (rank r uses seed + r).
+        export_dir: when set, `export` writes the trained parts there (diffusers layout) at the end of fit.
+        export_dtype: dtype of the exported weights: float32, float16 or bfloat16.
+        local_files_only: for hub ids, never touch the network (None: the HF_HUB_OFFLINE setting).
+    """
+
+    def __init__(
+        self,
+        base: str = "mini",
+        conditioning: Conditioning | None = None,
+        train_unet: bool = True,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-2,
+        warmup_steps: int = 0,
+        use_ema: bool = False,
+        ema_decay: float = 0.999,
+        snr_gamma: float | None = None,
+        seed: int = 0,
+        export_dir: str | None = None,
+        export_dtype: str = "float16",
+        local_files_only: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if export_dtype not in DTYPES:
+            raise ValueError(f"export_dtype must be one of {sorted(DTYPES)}, got {export_dtype!r}")
+        if (
+            not 0.0 <= ema_decay <= 1.0
+            or (snr_gamma is not None and snr_gamma <= 0)
+            or min(seed, warmup_steps) < 0
+        ):
+            raise ValueError(
+                f"need ema_decay in [0, 1], snr_gamma > 0 (5.0 is usual) or null, seed >= 0 and warmup_steps >= 0; "
+                f"got {ema_decay}, {snr_gamma}, {seed}, {warmup_steps}"
+            )
+        self.save_hyperparameters(ignore=["conditioning"])
+        conditioning = TextConditioning() if conditioning is None else conditioning
+        parts = ("vae", "unet", *conditioning.parts)
+        # Training keeps float32 master weights whatever the stored dtype; bf16-mixed autocasts the compute.
+        components = load_components(
+            base, parts=parts, torch_dtype=torch.float32, local_files_only=local_files_only, seed=seed
+        )
+        self.vae = components.vae.requires_grad_(False).eval()
+        self.unet = components.unet.requires_grad_(train_unet)
+        conditioning.bind(components)
+        self.conditioning = conditioning
+        self.register_buffer(
+            "alphas_cumprod", alphas_cumprod_from_betas(scaled_linear_betas()), persistent=False
+        )
+        self.trained = {"unet": self.unet} if train_unet else {}
+        self.trained.update(conditioning.trainable_modules())
+        if not self.trained:
+            raise ValueError(
+                "nothing to train: set train_unet=true or use a conditioning with trainable modules"
+            )
+        # The EMA copies never receive gradients (DDP would wait for them otherwise).
+        self.ema = nn.ModuleDict(
+            {name: _ema_copy(module, ema_decay) for name, module in self.trained.items()} if use_ema else {}
+        )
+        self.generator: torch.Generator | None = None
+
+    def train(self, mode: bool = True) -> DiffusionSystem:
+        super().train(mode)
+        self.vae.eval()  # frozen parts never run in train mode (no dropout)
+        self.unet.train(mode and self.hparams.train_unet)
+        self.ema.eval()
+        self.conditioning.train(mode)
+        return self
+
+    def encode(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The batch's scaled latents, float32 (B, 4, h, w): "latent" when present (the VAE never runs), else
+        the VAE posterior mean of "image" times scaling_factor (the mean, so cached latents give the same
+        loss). float32 even under autocast: the noise target must not be rounded to bf16."""
+        if "latent" in batch:
+            return batch["latent"].to(self.device, torch.float32)
+        image = batch["image"].to(self.device, torch.float32)
+        with torch.no_grad():
+            return (self.vae.encode(image).latent_dist.mode() * self.vae.config.scaling_factor).float()
+
+    def denoising_loss(
+        self,
+        batch: dict[str, Any],
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+        generator: torch.Generator | None,
+        snr_gamma: float | None = None,
+    ) -> torch.Tensor:
+        """Epsilon loss of the UNet on `latents` (B, 4, h, w) noised with `noise` (same shape) at `timesteps`
+        (B,), conditioned on `batch`; Min-SNR weighted when `snr_gamma` is set."""
+        noise, timesteps = noise.to(latents), timesteps.to(latents.device)
+        noisy = add_noise(latents, noise, timesteps, self.alphas_cumprod)
+        kwargs = self.conditioning(batch, noisy, timesteps, generator)
+        pred = self.unet(timestep=timesteps, **kwargs).sample
+        weights = None if snr_gamma is None else min_snr_weights(timesteps, self.alphas_cumprod, snr_gamma)
+        return epsilon_loss(pred, noise, weights)
+
+    def on_train_start(self) -> None:
+        # Here, not in on_fit_start: a resumed run's global_step is restored only after on_fit_start.
+        self.generator = rank_generator(self.hparams.seed, self.global_rank, self.global_step)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if self.generator is None:  # a step outside trainer.fit (e.g. a manual call)
+            self.generator = rank_generator(self.hparams.seed, self.global_rank, self.global_step)
+        latents = self.encode(batch)
+        noise = sample_noise(latents.shape, self.generator)
+        timesteps = sample_timesteps(len(latents), self.generator, len(self.alphas_cumprod))
+        loss = self.denoising_loss(batch, latents, noise, timesteps, self.generator, self.hparams.snr_gamma)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(latents))
+        return loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # The EMA follows each optimizer step (not each accumulated micro-batch), here rather than in
+        # on_train_batch_end: ModelCheckpoint saves in ITS on_train_batch_end, which runs before ours.
+        super().optimizer_step(*args, **kwargs)
+        for name, module in self.trained.items() if self.ema else ():
+            self.ema[name].update_parameters(module)
+
+    def on_train_end(self) -> None:
+        if self.hparams.export_dir:
+            self.export(self.hparams.export_dir, DTYPES[self.hparams.export_dtype])
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        # Deterministic: fixed timesteps spread over the schedule, noise keyed by (seed, rank, batch),
+        # no caption dropout (no generator), plain MSE.
+        latents = self.encode(batch)
+        generator = keyed_generator(self.hparams.seed, self.global_rank, batch_idx, _VALIDATION)
+        noise = sample_noise(latents.shape, generator)
+        timesteps = fixed_timesteps(len(latents), len(self.alphas_cumprod))
+        loss = self.denoising_loss(batch, latents, noise, timesteps, None)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(latents))
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for module in self.trained.values() for p in module.parameters() if p.requires_grad]
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=self.hparams.lr,
+            weight_decay=self.hparams.weight_decay,
+            fused=fused,
+            foreach=None if fused else True,
+        )
+        warmup = self.hparams.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @rank_zero_only
+    def export(self, out_dir: str | os.PathLike, dtype: torch.dtype = torch.float16) -> list[Path]:
+        """Write each trained part (`unet/`, `controlnet/`, ...) into `out_dir` in the diffusers layout
+        (config.json + safetensors), from the EMA weights when EMA is on. Each part is written to a hidden
+        temporary folder and renamed into place, so a reader never sees half a model; other parts already in
+        `out_dir` (a VAE, a text encoder) are left alone.
+
+        Returns:
+            the written part folders.
+        """
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name, module in self.trained.items():
+            source = self.ema[name].module if self.ema else module
+            tmp, old, final = out_dir / f".{name}.tmp", out_dir / f".{name}.old", out_dir / name
+            for stale in (tmp, old):
+                shutil.rmtree(stale, ignore_errors=True)
+            # nn.Module.to: diffusers' ModelMixin.to warns on every dtype cast.
+            nn.Module.to(copy.deepcopy(source), dtype=dtype).save_pretrained(tmp, safe_serialization=True)
+            if final.exists():
+                final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+            written.append(final)
+        return written
+
+
+def ema_decay_at(n: int, decay: float) -> float:
+    """Decay of the n-th EMA update (n = 1, 2, ...): min(decay, n / (n + 9)), diffusers' EMAModel warmup,
+    so the random or pretrained starting weights fade within the first tens of steps even in short runs."""
+    return min(decay, n / (n + 9))
+
+
+@torch.no_grad()
+def _ema_update(
+    ema_params: list[torch.Tensor], params: list[torch.Tensor], n_averaged: torch.Tensor, decay: float
+) -> None:
+    """AveragedModel's multi_avg_fn (module level: DDP spawn pickles the system)."""
+    torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay_at(int(n_averaged), decay))
+
+
+def _ema_copy(module: nn.Module, decay: float) -> AveragedModel:
+    """An EMA of `module` starting at its current weights: e_n = d_n * e_(n-1) + (1 - d_n) * p_n with
+    d_n = ema_decay_at(n, decay)."""
+
+    ema = AveragedModel(module, multi_avg_fn=partial(_ema_update, decay=decay), use_buffers=False)
+    # n_averaged counts updates + 1 from here: AveragedModel would copy the weights on update 0 instead.
+    ema.n_averaged.fill_(1)
+    return ema.requires_grad_(False)

@@ -1,0 +1,217 @@
+"""The mini base-model systems (VAE, CLIP, direction classifier): closed-form math, one real training step
+each on tiny configs, and export / load round trips."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Trainer
+from safetensors import safe_open
+from torch.utils.data import DataLoader
+from transformers import CLIPTextConfig
+
+from portrait_edit.data.world_images import PairArrays, WorldImagesDataset
+from portrait_edit.metrics.psnr import psnr_per_image
+from portrait_edit.models.components import load_image_encoder, load_text_encoder, load_tokenizer, load_vae
+from portrait_edit.models.direction_classifier import DirectionClassifier
+from portrait_edit.paths import PRESETS_DIR
+from portrait_edit.systems.classifier import DirectionClassifierSystem, accuracy
+from portrait_edit.systems.clip import CLIPSystem, image_classes, multi_positive_loss, retrieval_top1
+from portrait_edit.systems.vae import VAESystem, kl_per_element
+from portrait_edit.world import DIRECTIONS, draw_pose, make_pair
+
+SIZE = 32  # the tiny image encoder's input size
+QUIET = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+
+
+def world_pairs(n: int, size: int = SIZE) -> PairArrays:
+    """n mini-world pairs in memory (the arrays `read_pairs` builds from shards), directions cycling."""
+    pairs = [make_pair(1000 + i, DIRECTIONS[i % len(DIRECTIONS)], size=size) for i in range(n)]
+    return PairArrays(
+        keys=[f"{i:09d}" for i in range(n)],
+        src=np.stack([p.src for p in pairs]),
+        gt=np.stack([p.gt for p in pairs]),
+        pose=np.stack([draw_pose(p.keypoints, size, size) for p in pairs]),
+        keypoints=np.stack([p.keypoints for p in pairs]),
+        p_a=[p.prompts["p_a"] for p in pairs],
+        p_b=[p.prompts["p_b"] for p in pairs],
+        labels=np.asarray([1 + DIRECTIONS.index(p.direction) for p in pairs]),
+        genders=[p.gender for p in pairs],
+    )
+
+
+@pytest.fixture(scope="module")
+def loader():
+    torch.manual_seed(0)
+    return DataLoader(WorldImagesDataset(world_pairs(8)), batch_size=8, shuffle=False)
+
+
+def fit_one_step(system, loader, root):
+    before = {k: v.detach().clone() for k, v in system.named_parameters()}
+    trainer = Trainer(
+        max_steps=1,
+        val_check_interval=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        default_root_dir=str(root),
+        **QUIET,
+    )
+    trainer.fit(system, train_dataloaders=loader, val_dataloaders=loader)
+    assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+    changed = [k for k, v in system.named_parameters() if v.requires_grad and not torch.equal(v, before[k])]
+    assert len(changed) > 0.5 * len(before), f"only {len(changed)} of {len(before)} tensors changed"
+    return trainer
+
+
+# Closed-form math.
+def test_psnr_of_a_known_constant_error():
+    target = torch.rand(2, 3, 8, 8) * 0.5
+    prediction = target.clone()
+    prediction[0] += 0.1  # MSE 1e-2 -> 20 dB
+    prediction[1] += 0.01  # MSE 1e-4 -> 40 dB
+    torch.testing.assert_close(psnr_per_image(prediction, target), torch.tensor([20.0, 40.0]))
+    # The mean of per-image PSNRs (30 dB), not the PSNR of the pooled MSE (about 23 dB).
+    assert psnr_per_image(prediction, target).mean().item() == pytest.approx(30.0, abs=1e-4)
+    with pytest.raises(ValueError, match="same"):
+        psnr_per_image(prediction, target[:1])
+
+
+def test_kl_per_element_closed_form():
+    mean, logvar = torch.zeros(2, 4, 2, 2), torch.zeros(2, 4, 2, 2)
+    mean[1] = 1.0
+    torch.testing.assert_close(kl_per_element(mean, logvar), torch.tensor([0.0, 0.5]))
+    logvar[0] = math.log(2.0)  # 0.5 (2 - 1 - ln 2)
+    torch.testing.assert_close(kl_per_element(mean, logvar)[0], torch.tensor(0.5 * (1 - math.log(2.0))))
+
+
+def test_retrieval_top1_on_a_hand_built_similarity():
+    similarity = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.1, 0.8], [0.1, 0.7, 0.3], [0.5, 0.6, 0.0]])
+    caption_classes = torch.tensor([0, 0, 1])  # two captions of class 0 (like the two source captions)
+    image_classes_ = torch.tensor([0, 0, 0, 1])
+    # best captions 0, 2, 1, 1 -> classes 0, 1, 0, 0 -> correct, wrong, correct, wrong
+    torch.testing.assert_close(
+        retrieval_top1(similarity, image_classes_, caption_classes), torch.tensor([1.0, 0.0, 1.0, 0.0])
+    )
+
+
+def test_image_classes_and_unknown_genders():
+    assert image_classes(["man", "woman"], torch.tensor([0, 3])).tolist() == [0, 12]
+    with pytest.raises(ValueError, match="gender"):
+        image_classes(["robot"], torch.tensor([0]))
+
+
+def test_multi_positive_loss_is_clip_loss_with_one_positive_each():
+    torch.manual_seed(0)
+    images, texts = F.normalize(torch.randn(5, 8), dim=1), F.normalize(torch.randn(5, 8), dim=1)
+    scale = torch.tensor(10.0)
+    logits = scale * images @ texts.T
+    clip = 0.5 * (F.cross_entropy(logits, torch.arange(5)) + F.cross_entropy(logits.T, torch.arange(5)))
+    torch.testing.assert_close(
+        multi_positive_loss(images, texts, torch.eye(5, dtype=torch.bool), scale), clip
+    )
+
+
+def test_multi_positive_loss_sums_the_probability_of_all_positives():
+    images = torch.tensor([[1.0, 0.0]])
+    texts = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    positives = torch.tensor([[True, True, False]])
+    # image->text: p(pos) = 2e / (2e + 1); text->image: one image per column, and the third column
+    # has no positive, which is refused.
+    with pytest.raises(ValueError, match="positive"):
+        multi_positive_loss(images, texts, positives, torch.tensor(1.0))
+    loss = multi_positive_loss(images, texts[:2], positives[:, :2], torch.tensor(1.0))
+    torch.testing.assert_close(loss, torch.tensor(0.0))  # both captions are positives: nothing to learn
+
+
+def test_accuracy():
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
+    assert accuracy(logits, torch.tensor([0, 1, 1])).tolist() == [1.0, 1.0, 0.0]
+
+
+# One real training step per system, then export round trips.
+def test_vae_trains_measures_its_scale_and_round_trips(loader, tmp_path):
+    system = VAESystem(config="tiny", lr=1e-3, scale_batches=1)
+    with pytest.raises(ValueError, match="measure"):
+        system.export(str(tmp_path))
+    trainer = fit_one_step(system, loader, tmp_path / "run")
+    assert math.isfinite(float(trainer.callback_metrics["val/psnr"]))
+    factor = float(system.scaling_factor)
+    # Recomputed by hand: the same seeded posterior samples of the first training batch.
+    batch = next(iter(loader))
+    with torch.no_grad():
+        system.vae.eval()
+        generator = torch.Generator().manual_seed(0)
+        latents = system.vae.encode(batch["image"]).latent_dist.sample(generator).double()
+    assert factor == pytest.approx(1.0 / latents.std(unbiased=False).item(), rel=1e-5)
+
+    folder = system.export(str(tmp_path), dtype=torch.float16)
+    assert (folder / "diffusion_pytorch_model.safetensors").is_file()
+    with safe_open(folder / "diffusion_pytorch_model.safetensors", "pt") as stored:
+        assert {stored.get_tensor(k).dtype for k in stored.keys()} == {torch.float16}
+    loaded = load_vae(str(tmp_path), torch_dtype=torch.float16)
+    assert loaded.config.scaling_factor == pytest.approx(factor)
+    state = loaded.state_dict()
+    for key, value in system.vae.state_dict().items():
+        assert torch.equal(state[key], value.half()), key
+
+
+def test_clip_trains_and_exports_loadable_encoders(loader, tmp_path):
+    system = CLIPSystem(text_config="tiny", vision_config="tiny", lr=1e-3)
+    assert system.clip.text_model.config.vocab_size == 49408
+    trainer = fit_one_step(system, loader, tmp_path / "run")
+    assert 0.0 <= float(trainer.callback_metrics["val/retrieval_top1"]) <= 1.0
+
+    system.export(str(tmp_path), dtype=torch.float32)
+    text_encoder = load_text_encoder(str(tmp_path))
+    # The exported config is the preset's, field for field (serialisation metadata aside).
+    metadata = {"architectures", "_name_or_path", "dtype", "transformers_version"}
+    exported = CLIPTextConfig.from_pretrained(tmp_path / "text_encoder").to_dict()
+    preset = CLIPTextConfig.from_pretrained(PRESETS_DIR / "tiny" / "text_encoder").to_dict()
+    assert {k: v for k, v in exported.items() if k not in metadata} == {
+        k: v for k, v in preset.items() if k not in metadata
+    }
+    tokenizer = load_tokenizer(str(tmp_path))
+    assert tokenizer.model_max_length == 77 and len(tokenizer) == 49408
+    ids = tokenizer(
+        ["a woman, santa claus costume", ""], padding="max_length", max_length=77, return_tensors="pt"
+    )
+    system.clip.eval()
+    with torch.no_grad():
+        # Padding to the longest caption gives the same pooled embeddings as padding to 77.
+        captions = ["a woman, santa claus costume", "a man, angry"]
+        padded = tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt").input_ids
+        full = F.normalize(system.clip.get_text_features(input_ids=padded).pooler_output, dim=-1)
+        torch.testing.assert_close(system.encode_text(captions), full)
+        expected = system.clip.text_model(input_ids=ids.input_ids).last_hidden_state
+        torch.testing.assert_close(text_encoder(input_ids=ids.input_ids).last_hidden_state, expected)
+        image_encoder = load_image_encoder(str(tmp_path))
+        images = next(iter(loader))["image"]
+        torch.testing.assert_close(
+            image_encoder(pixel_values=images).image_embeds,
+            system.clip.get_image_features(pixel_values=images).pooler_output,
+        )
+
+
+def test_clip_fp16_export_is_half(loader, tmp_path):
+    system = CLIPSystem(text_config="tiny", vision_config="tiny")
+    system.export(str(tmp_path))
+    assert load_text_encoder(str(tmp_path)).dtype == torch.float16
+
+
+def test_classifier_trains_round_trips_and_predicts(loader, tmp_path):
+    system = DirectionClassifierSystem(channels=[8, 16], lr=1e-2)
+    trainer = fit_one_step(system, loader, tmp_path / "run")
+    assert 0.0 <= float(trainer.callback_metrics["val/accuracy"]) <= 1.0
+    folder = system.export(str(tmp_path))
+    loaded = DirectionClassifier.from_pretrained(folder)
+    for key, value in system.classifier.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    images = next(iter(loader))["image"]
+    labels = loaded.predict_directions(images, batch_size=3)
+    assert labels.dtype == torch.long and labels.shape == (8,)
+    assert torch.equal(labels, system.classifier.eval()(images).argmax(dim=1))
+    with pytest.raises(ValueError, match="classifier"):
+        DirectionClassifier.from_pretrained(tmp_path / "nothing")

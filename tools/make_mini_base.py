@@ -1,0 +1,134 @@
+"""Train and ship the mini world's base models (`make mini-base`): the stand-ins for the pretrained Stable
+Diffusion, CLIP and OpenPose ControlNet of the paper, trained by the project's own configs.
+
+Stages, in order (each a `portrait-edit` command you can also run by hand; each `fit` config writes its
+trained part into data/mini/ at the end of fit through its system's `export_dir`):
+ 1. pairs       predict configs/mini/base_pairs.yaml        the training images (world pairs -> shards)
+ 2. vae         fit configs/mini/base_vae.yaml              -> data/mini/vae/
+ 3. clip        fit configs/mini/base_clip.yaml             -> data/mini/{text_encoder,image_encoder,tokenizer}/
+ 4. classifier  fit configs/mini/base_classifier.yaml       -> data/mini/classifier/
+ 5. unet        fit configs/mini/base_unet.yaml             -> data/mini/unet/  (uses the VAE and text encoder)
+ 6. controlnet  fit configs/mini/base_controlnet.yaml       -> data/mini/controlnet/  (uses the UNet)
+Then the scheduler config is copied and `data/mini/manifest.json` records, per stage, the command, the
+config and its sha256, the git revision, steps, wall time and final metrics.
+
+Resumable: a stage whose manifest entry matches its config's hash is skipped; an interrupted `fit` resumes
+from its `last.ckpt` (fixed run directory). `--force STAGE` retrains one stage.
+
+    python tools/make_mini_base.py [--force unet] [--only vae clip]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from portrait_edit.cli import PortraitCLI
+from portrait_edit.data.shard_writer import atomic_write_json
+from portrait_edit.paths import DATA_DIR, PRESETS_DIR, REPO_ROOT
+
+STAGES = (
+    ("pairs", "predict", "configs/mini/base_pairs.yaml"),
+    ("vae", "fit", "configs/mini/base_vae.yaml"),
+    ("clip", "fit", "configs/mini/base_clip.yaml"),
+    ("classifier", "fit", "configs/mini/base_classifier.yaml"),
+    ("unet", "fit", "configs/mini/base_unet.yaml"),
+    ("controlnet", "fit", "configs/mini/base_controlnet.yaml"),
+)
+
+
+def git_revision() -> str:
+    """HEAD's commit, with `+dirty` when the work tree has uncommitted changes."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True
+        )
+    except OSError:
+        return "unknown"
+    return (
+        rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else "unknown"
+    )
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def metrics_of(trainer) -> dict[str, float]:
+    """The last logged scalar metrics (validation figures included) as plain floats."""
+    return {k: round(float(v), 6) for k, v in sorted(trainer.callback_metrics.items()) if v.numel() == 1}
+
+
+def run_stage(name: str, subcommand: str, config: str) -> dict:
+    """Run one stage in-process; returns its manifest entry."""
+    args = [subcommand, "--config", str(REPO_ROOT / config)]
+    if subcommand == "fit":
+        args.append("--ckpt_path=last")  # resume from the fixed run dir's last.ckpt if there is one
+    print(f"\n=== {name}: portrait-edit {' '.join(args)}", flush=True)
+    start = time.time()
+    cli = PortraitCLI(args=args)
+    wall = time.time() - start
+    entry = {
+        "command": "portrait-edit " + " ".join(args).replace(str(REPO_ROOT) + os.sep, ""),
+        "config": config,
+        "config_sha256": file_sha256(REPO_ROOT / config),
+        "revision": git_revision(),
+        "wall_time_s": round(wall, 1),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if subcommand == "fit":
+        entry.update(steps=cli.trainer.global_step, metrics=metrics_of(cli.trainer))
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--out", default=str(DATA_DIR / "mini"), help="where the models go (default data/mini)"
+    )
+    parser.add_argument(
+        "--force", nargs="*", default=[], help="stages to redo even if their manifest matches"
+    )
+    parser.add_argument("--only", nargs="*", default=None, help="run only these stages")
+    args = parser.parse_args(argv)
+    names = [s[0] for s in STAGES]
+    for given in (*args.force, *(args.only or [])):
+        if given not in names:
+            raise SystemExit(f"unknown stage {given!r}; stages are {names}")
+    out = DATA_DIR / "mini"
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"stages": {}}
+    total = time.time()
+    for name, subcommand, config in STAGES:
+        if args.only is not None and name not in args.only:
+            continue
+        done = manifest["stages"].get(name, {})
+        if name not in args.force and done.get("config_sha256") == file_sha256(REPO_ROOT / config):
+            print(f"=== {name}: up to date ({done.get('revision', '?')}), skipped; --force {name} to redo")
+            continue
+        manifest["stages"][name] = run_stage(name, subcommand, config)
+        atomic_write_json(manifest_path, manifest)  # after every stage, so an interruption loses nothing
+    shutil.copytree(PRESETS_DIR / "mini" / "scheduler", out / "scheduler", dirs_exist_ok=True)
+    manifest.update(
+        made_by="make mini-base (tools/make_mini_base.py)",
+        torch=torch.__version__,
+        total_wall_time_s=round(sum(s.get("wall_time_s", 0) for s in manifest["stages"].values()), 1),
+    )
+    atomic_write_json(manifest_path, manifest)
+    print(f"\nmini base models in {out} ({time.time() - total:.0f} s this run); manifest: {manifest_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
