@@ -14,6 +14,7 @@ from transformers import CLIPTextConfig
 
 from portrait_edit.data.world_images import PairArrays, WorldImagesDataset
 from portrait_edit.metrics.psnr import psnr_per_image
+from portrait_edit.models.clip_pair import load_text_projection
 from portrait_edit.models.components import load_image_encoder, load_text_encoder, load_tokenizer, load_vae
 from portrait_edit.models.direction_classifier import DirectionClassifier
 from portrait_edit.paths import PRESETS_DIR
@@ -192,6 +193,12 @@ def test_clip_trains_and_exports_loadable_encoders(loader, tmp_path):
         torch.testing.assert_close(
             image_encoder(pixel_values=images).image_embeds,
             system.clip.get_image_features(pixel_values=images).pooler_output,
+        )
+        # The text projection travels beside the text encoder: exported parts alone give CLIP's features.
+        projection = load_text_projection(tmp_path / "text_encoder")
+        torch.testing.assert_close(
+            projection(text_encoder(input_ids=padded).pooler_output),
+            system.clip.get_text_features(input_ids=padded).pooler_output,
         )
 
 

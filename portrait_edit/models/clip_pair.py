@@ -3,8 +3,10 @@
 The text tower is exactly the `text_encoder` of a preset (same config, full 49,408-token vocabulary), so
 after contrastive training it exports as a `CLIPTextModel` (what the UNet is conditioned on); the vision
 tower plus its projection export as a `CLIPVisionModelWithProjection` (the `image_encoder` whose
-`image_embeds` the identity encoder and the MCDM's image condition use). The text projection is only
-used by the contrastive loss and is not exported (Stable Diffusion never uses it).
+`image_embeds` the identity encoder and the MCDM's image condition use). The text projection, which
+Stable Diffusion never uses but zero-shot classification and retrieval need, is written beside the text
+encoder as `text_encoder/text_projection.safetensors` (`load_text_projection`), so that the folder still
+loads as a plain `CLIPTextModel`.
 
 Image inputs are float (B, 3, H, W) in [-1, 1], no CLIP mean/std normalisation; the exported
 `preprocessor_config.json` says so for tools that read uint8 images through a CLIPImageProcessor.
@@ -16,6 +18,7 @@ import copy
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import (
     CLIPConfig,
     CLIPImageProcessor,
@@ -28,6 +31,8 @@ from transformers import (
 )
 
 from portrait_edit import paths
+
+TEXT_PROJECTION = "text_projection.safetensors"
 
 
 def _config_folder(source: str, part: str) -> Path:
@@ -104,4 +109,20 @@ def export_clip(
         image_std=[0.5, 0.5, 0.5],
     ).save_pretrained(folders["image_encoder"])
     tokenizer.save_pretrained(folders["tokenizer"])
+    projection = {"weight": model.text_projection.weight.detach().to("cpu", dtype).contiguous()}
+    save_file(projection, str(folders["text_encoder"] / TEXT_PROJECTION))
     return folders
+
+
+def load_text_projection(text_encoder_dir: str | Path) -> torch.nn.Linear:
+    """The CLIP text projection exported beside a text encoder: pooled text states (B, d_text) -> the
+    shared embedding (B, d_embed), comparable with the image encoder's `image_embeds`."""
+    path = Path(text_encoder_dir) / TEXT_PROJECTION
+    if not path.is_file():
+        raise ValueError(
+            f"{path} is missing: export the text encoder with CLIPSystem.export (make mini-base)"
+        )
+    weight = load_file(str(path))["weight"].float()
+    projection = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    projection.weight.data.copy_(weight)
+    return projection.eval()
