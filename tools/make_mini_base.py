@@ -7,8 +7,9 @@ trained part into data/mini/ at the end of fit through its system's `export_dir`
  2. vae         fit configs/mini/base_vae.yaml              -> data/mini/vae/
  3. clip        fit configs/mini/base_clip.yaml             -> data/mini/{text_encoder,image_encoder,tokenizer}/
  4. classifier  fit configs/mini/base_classifier.yaml       -> data/mini/classifier/
- 5. unet        fit configs/mini/base_unet.yaml             -> data/mini/unet/  (uses the VAE and text encoder)
- 6. controlnet  fit configs/mini/base_controlnet.yaml       -> data/mini/controlnet/  (uses the UNet)
+ 5. probe       fit configs/mini/base_probe.yaml            -> data/mini/probe/  (nose position reader)
+ 6. unet        fit configs/mini/base_unet.yaml             -> data/mini/unet/  (uses the VAE and text encoder)
+ 7. controlnet  fit configs/mini/base_controlnet.yaml       -> data/mini/controlnet/  (uses the UNet)
 Then the scheduler config is copied and `data/mini/manifest.json` records, per stage, the command, the
 config and its sha256, the git revision, steps, wall time and final metrics.
 
@@ -16,6 +17,7 @@ Resumable: a stage whose manifest entry matches its config's hash is skipped; an
 from its `last.ckpt` (fixed run directory). `--force STAGE` retrains one stage.
 
     python tools/make_mini_base.py [--force unet] [--only vae clip]
+    python tools/make_mini_base.py --fit-args "--trainer.accelerator=gpu --trainer.precision=bf16-mixed"
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -41,6 +44,7 @@ STAGES = (
     ("vae", "fit", "configs/mini/base_vae.yaml"),
     ("clip", "fit", "configs/mini/base_clip.yaml"),
     ("classifier", "fit", "configs/mini/base_classifier.yaml"),
+    ("probe", "fit", "configs/mini/base_probe.yaml"),
     ("unet", "fit", "configs/mini/base_unet.yaml"),
     ("controlnet", "fit", "configs/mini/base_controlnet.yaml"),
 )
@@ -69,9 +73,9 @@ def metrics_of(trainer) -> dict[str, float]:
     return {k: round(float(v), 6) for k, v in sorted(trainer.callback_metrics.items()) if v.numel() == 1}
 
 
-def run_stage(name: str, subcommand: str, config: str) -> dict:
-    """Run one stage in-process; returns its manifest entry."""
-    args = [subcommand, "--config", str(REPO_ROOT / config)]
+def run_stage(name: str, subcommand: str, config: str, extra: list[str]) -> dict:
+    """Run one stage in-process (with `extra` command-line overrides); returns its manifest entry."""
+    args = [subcommand, "--config", str(REPO_ROOT / config), *extra]
     if subcommand == "fit":
         args.append("--ckpt_path=last")  # resume from the fixed run dir's last.ckpt if there is one
     print(f"\n=== {name}: portrait-edit {' '.join(args)}", flush=True)
@@ -100,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         "--force", nargs="*", default=[], help="stages to redo even if their manifest matches"
     )
     parser.add_argument("--only", nargs="*", default=None, help="run only these stages")
+    parser.add_argument("--fit-args", default="", help="overrides for every fit stage, e.g. the accelerator")
+    parser.add_argument("--predict-args", default="", help="overrides for the predict stage(s)")
     args = parser.parse_args(argv)
     names = [s[0] for s in STAGES]
     for given in (*args.force, *(args.only or [])):
@@ -109,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"stages": {}}
+    extra = {"fit": shlex.split(args.fit_args), "predict": shlex.split(args.predict_args)}
     total = time.time()
     for name, subcommand, config in STAGES:
         if args.only is not None and name not in args.only:
@@ -117,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         if name not in args.force and done.get("config_sha256") == file_sha256(REPO_ROOT / config):
             print(f"=== {name}: up to date ({done.get('revision', '?')}), skipped; --force {name} to redo")
             continue
-        manifest["stages"][name] = run_stage(name, subcommand, config)
+        manifest["stages"][name] = run_stage(name, subcommand, config, extra[subcommand])
         atomic_write_json(manifest_path, manifest)  # after every stage, so an interruption loses nothing
     shutil.copytree(PRESETS_DIR / "mini" / "scheduler", out / "scheduler", dirs_exist_ok=True)
     manifest.update(

@@ -1,0 +1,147 @@
+"""A small CNN that reads named quantities off a mini-world portrait; now the head position (`nose_xy`).
+
+Generated images carry no keypoints, so the pose ControlNet's metric (generated head centre vs the pose's
+head keypoint) needs a learned reader: `locate_head` gives the nose keypoint in pixels. Each target is a
+named slice of one output vector, predicted in normalised units (positions as fractions of the image
+side), so more targets (skin or hair colour) are new config entries, not a new model. Stored as
+`config.json` + `model.safetensors` in one folder (`save_pretrained` / `from_pretrained`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from portrait_edit.models.direction_classifier import _stage
+
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+NOSE = "nose_xy"  # the head-position target: the nose keypoint (OpenPose COCO-18 index 0)
+
+
+@dataclass
+class WorldProbeConfig:
+    """Architecture: one stride-2 stage per entry of `channels` (64 px -> 64 / 2^len), then an MLP head on
+    the flattened feature map (flattened, not averaged: averaging would discard where the head is).
+
+    Args:
+        channels: output channels of the stages (each: stride-2 conv, GroupNorm, SiLU, conv, GroupNorm, SiLU).
+        targets: regression targets, name -> size, in output order ({"nose_xy": 2}: x, y / image side).
+        image_size: side of the input images (the head's input width depends on it).
+        groups: GroupNorm groups (batch-size independent, so eval == train behaviour).
+        hidden: width of the head's hidden layer.
+    """
+
+    channels: list[int] = field(default_factory=lambda: [32, 64, 96, 128])
+    targets: dict[str, int] = field(default_factory=lambda: {NOSE: 2})
+    image_size: int = 64
+    groups: int = 8
+    hidden: int = 256
+
+    def __post_init__(self) -> None:
+        if not self.channels or any(c < 1 or c % self.groups for c in self.channels):
+            raise ValueError(
+                f"channels must be a non-empty list of multiples of groups={self.groups}; got {self.channels}"
+            )
+        if not self.targets or any(int(n) < 1 for n in self.targets.values()):
+            raise ValueError(f"targets must map at least one name to a size >= 1; got {self.targets}")
+        if self.image_size % 2 ** len(self.channels) or self.hidden < 1:
+            raise ValueError(
+                f"image_size={self.image_size} must be divisible by 2^len(channels)={2 ** len(self.channels)} "
+                f"and hidden >= 1 (got {self.hidden}); change image_size or the number of stages"
+            )
+
+    @property
+    def feature_side(self) -> int:
+        """Side of the last feature map: image_size / 2^len(channels)."""
+        return self.image_size // 2 ** len(self.channels)
+
+
+class WorldProbe(nn.Module):
+    """images float (B, 3, S, S) in [-1, 1] -> {target name: float (B, size)} in normalised units."""
+
+    def __init__(self, config: WorldProbeConfig | None = None) -> None:
+        """
+        Args:
+            config: architecture and targets; None builds the default one (nose_xy only).
+        """
+        super().__init__()
+        self.config = config if config is not None else WorldProbeConfig()
+        c = self.config
+        widths = [3, *c.channels]
+        self.features = nn.Sequential(*(_stage(a, b, c.groups) for a, b in zip(widths, widths[1:])))
+        self.hidden = nn.Sequential(nn.Linear(widths[-1] * c.feature_side**2, c.hidden), nn.SiLU())
+        self.head = nn.Linear(c.hidden, sum(c.targets.values()))
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = self.config.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise ValueError(
+                f"images must be (B, 3, {size}, {size}) in [-1, 1] (the probe's image_size); got "
+                f"{tuple(images.shape)}: resize the images or use a probe trained at that size"
+            )
+        # (B, 3, S, S) -> (B, C, S/16, S/16) -> flattened (B, C * S^2/256) -> (B, sum of target sizes)
+        out = self.head(self.hidden(self.features(images).flatten(1)))
+        return dict(zip(self.config.targets, out.split(list(self.config.targets.values()), dim=1)))
+
+    @torch.no_grad()
+    def locate_head(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Nose keypoint, float (B, 2): x, y in pixels of the S x S images (pixel centres at integer + 0.5,
+        the world's keypoint convention), of images float (B, 3, S, S) in [-1, 1].
+
+        Runs in eval mode on the model's device and dtype, in chunks of `batch_size`; restores the mode.
+        """
+        if NOSE not in self.config.targets:
+            raise ValueError(f"this probe has no {NOSE!r} target (targets: {list(self.config.targets)})")
+        if images.ndim != 4:
+            raise ValueError(f"images must be (B, 3, H, W) in [-1, 1], got shape {tuple(images.shape)}")
+        was_training = self.training
+        self.eval()
+        weight = self.head.weight
+        out = [
+            self(chunk.to(weight.device, weight.dtype))[NOSE].float() for chunk in images.split(batch_size)
+        ]
+        self.train(was_training)
+        # Targets are keypoint / side, so the pixel convention of the keypoints carries over unchanged.
+        return torch.cat(out).to(images.device) * self.config.image_size
+
+    def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write `config.json` and `model.safetensors` (weights cast to `dtype` when given) into `folder`.
+
+        Each file is written under a temporary name and then renamed, so an interrupted export never
+        leaves a half-written file under the final name.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {
+            k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous()
+            for k, v in self.state_dict().items()
+        }
+        save_file(state, folder / f".{WEIGHTS_NAME}.tmp")
+        config = {"_class_name": type(self).__name__, **asdict(self.config)}
+        (folder / f".{CONFIG_NAME}.tmp").write_text(json.dumps(config, indent=2) + "\n")
+        # Weights first: a config.json beside them means both are complete.
+        os.replace(folder / f".{WEIGHTS_NAME}.tmp", folder / WEIGHTS_NAME)
+        os.replace(folder / f".{CONFIG_NAME}.tmp", folder / CONFIG_NAME)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> WorldProbe:
+        """Load a folder written by `save_pretrained`; weights as `dtype`, in eval mode."""
+        folder = Path(folder)
+        if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
+            raise ValueError(
+                f"{folder} holds no {CONFIG_NAME} + {WEIGHTS_NAME}; export a world probe there first "
+                f"(portrait-edit fit --config configs/mini/base_probe.yaml)"
+            )
+        raw = json.loads((folder / CONFIG_NAME).read_text())
+        if raw.pop("_class_name", cls.__name__) != cls.__name__:
+            raise ValueError(f"{folder / CONFIG_NAME} does not describe a {cls.__name__}")
+        model = cls(WorldProbeConfig(**raw))
+        model.load_state_dict(load_file(folder / WEIGHTS_NAME))
+        return model.to(dtype).eval()
