@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from portrait_edit.data.world_images import LABELS, caption_classes
 from portrait_edit.models.clip_pair import build_clip, export_clip
 from portrait_edit.models.components import MAX_TOKENS, load_tokenizer
+from portrait_edit.systems.schedules import one_cycle
 from portrait_edit.world.identity import GENDERS
 
 log = logging.getLogger(__name__)
@@ -177,16 +178,9 @@ class CLIPSystem(LightningModule):
             lr=self.hparams.lr,
             betas=(0.9, 0.98),
         )
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=self.hparams.lr,
-            total_steps=max(2, int(self.trainer.estimated_stepping_batches)),
-            pct_start=self.hparams.warmup_fraction,
-            div_factor=10.0,
-            final_div_factor=10.0,
-            cycle_momentum=False,
+        return one_cycle(
+            optimizer, self.hparams.lr, self.hparams.warmup_fraction, self.trainer.estimated_stepping_batches
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_fit_end(self) -> None:
         if self.hparams.export_dir is not None:

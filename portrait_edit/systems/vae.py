@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from portrait_edit import paths
 from portrait_edit.metrics.psnr import psnr_per_image
+from portrait_edit.systems.schedules import one_cycle
 
 log = logging.getLogger(__name__)
 
@@ -123,16 +124,9 @@ class VAESystem(LightningModule):
         optimizer = torch.optim.AdamW(
             self.vae.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=self.hparams.lr,
-            total_steps=max(2, int(self.trainer.estimated_stepping_batches)),
-            pct_start=self.hparams.warmup_fraction,
-            div_factor=10.0,
-            final_div_factor=10.0,
-            cycle_momentum=False,
+        return one_cycle(
+            optimizer, self.hparams.lr, self.hparams.warmup_fraction, self.trainer.estimated_stepping_batches
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_fit_end(self) -> None:
         # Every rank measures its own batches and the sums are reduced: a collective on all ranks.
