@@ -171,6 +171,16 @@ def test_mini_loads_shipped_weights(tmp_path, monkeypatch, caplog):
     assert not [r for r in caplog.records if "RANDOM" in r.message]
 
 
+def test_mini_weights_shipped_in_fp16_load_in_float32_unless_asked(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "DATA_DIR", tmp_path)
+    vae, text = C.load_vae("mini", seed=11), C.load_text_encoder("mini", seed=12)
+    torch.nn.Module.to(vae, torch.float16).save_pretrained(tmp_path / "mini" / "vae")
+    torch.nn.Module.to(text, torch.float16).save_pretrained(tmp_path / "mini" / "text_encoder")
+    for loaded in (C.load_vae("mini"), C.load_text_encoder("mini")):
+        assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    assert C.load_text_encoder("mini", torch_dtype=torch.float16).dtype == torch.float16
+
+
 # --- local diffusers folders ---------------------------------------------------------------------------------
 
 

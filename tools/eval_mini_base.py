@@ -60,7 +60,7 @@ def held_out(pairs: int, size: int = 64) -> dict[str, torch.Tensor | list[str]]:
 
 @torch.no_grad()
 def eval_vae(data: dict, mini: Path) -> dict:
-    vae = load_vae(str(mini))
+    vae = load_vae(str(mini), torch_dtype=torch.float32)
     latents = vae.encode(data["image"]).latent_dist.mode()
     recon = vae.decode(latents).sample
     psnr = psnr_per_image((recon.clamp(-1, 1) + 1) / 2, (data["image"] + 1) / 2)
@@ -73,8 +73,12 @@ def eval_vae(data: dict, mini: Path) -> dict:
 
 @torch.no_grad()
 def eval_clip(data: dict, mini: Path) -> dict:
-    tokenizer, text_encoder = load_tokenizer(str(mini)), load_text_encoder(str(mini))
-    projection, image_encoder = load_text_projection(mini / "text_encoder"), load_image_encoder(str(mini))
+    tokenizer, text_encoder = (
+        load_tokenizer(str(mini)),
+        load_text_encoder(str(mini), torch_dtype=torch.float32),
+    )
+    projection = load_text_projection(mini / "text_encoder")
+    image_encoder = load_image_encoder(str(mini), torch_dtype=torch.float32)
     captions, classes = caption_classes()
     ids = tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt").input_ids
     text = torch.nn.functional.normalize(projection(text_encoder(input_ids=ids).pooler_output), dim=-1)

@@ -185,6 +185,10 @@ def load_model(
     # that it falls back to low_cpu_mem_usage=False, so ask for that directly.
     diffusers_model = part.config_cls is None
     load_kw: dict[str, Any] = {"low_cpu_mem_usage": is_accelerate_available()} if diffusers_model else {}
+    if kind == "preset" and torch_dtype is None:
+        # The mini weights are shipped in fp16 to stay small; transformers would keep them in fp16 and
+        # diffusers would not, so a preset always comes in one dtype: float32 unless asked.
+        torch_dtype = torch.float32
     if torch_dtype is not None:
         load_kw["torch_dtype" if diffusers_model else "dtype"] = torch_dtype
     if kind == "preset":
