@@ -138,7 +138,7 @@ def test_mini_random_when_not_shipped(no_shipped_mini, caplog):
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         latents = sd.vae.encode(torch.rand(1, 3, 64, 64, generator=g)).latent_dist.mode()
-        assert latents.shape == (1, 4, 16, 16)
+        assert latents.shape == (1, 8, 16, 16)
         text = sd.text_encoder(torch.tensor([[49406, 320, 1125, 49407]])).last_hidden_state
         down, mid = sd.controlnet(
             latents,

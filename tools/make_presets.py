@@ -12,7 +12,7 @@ once into `presets/tokenizer/` and shared by every preset (it is the OpenAI CLIP
 Architectures:
 - `tiny`: diffusers' own dummy components (tests/pipelines/controlnet/test_controlnet.py), with the real CLIP
   vocabulary and 77 positions so the shared tokenizer works; seconds on a CPU.
-- `mini`: the mini world (64x64 RGB): VAE x4 down to 16x16x4 latents, a 3-level UNet with cross-attention at
+- `mini`: the mini world (64x64 RGB): VAE x4 down to 16x16x8 latents, a 3-level UNet with cross-attention at
   text width 64, a 4-layer CLIP pair, and a ControlNet whose conditioning embedding also downsamples x4.
 - `sd15`: Stable Diffusion 1.5 as published (UNet 859.5M, VAE 83.7M, CLIP ViT-L/14 text 123.1M and vision
   303.9M, OpenPose ControlNet 361.3M).
@@ -62,7 +62,7 @@ CROSS_DOWN, PLAIN_DOWN = "CrossAttnDownBlock2D", "DownBlock2D"
 CROSS_UP, PLAIN_UP = "CrossAttnUpBlock2D", "UpBlock2D"
 
 
-def _unet(channels, layers, cross_dim, heads, groups, sample, down, up):
+def _unet(channels, layers, cross_dim, heads, groups, sample, down, up, latent=4):
     return dict(
         block_out_channels=channels,
         layers_per_block=layers,
@@ -70,8 +70,8 @@ def _unet(channels, layers, cross_dim, heads, groups, sample, down, up):
         attention_head_dim=heads,
         norm_num_groups=groups,
         sample_size=sample,
-        in_channels=4,
-        out_channels=4,
+        in_channels=latent,
+        out_channels=latent,
         down_block_types=down,
         up_block_types=up,
     )
@@ -90,14 +90,14 @@ def _controlnet(unet: dict[str, Any], cond_channels) -> dict[str, Any]:
     return {**{k: unet[k] for k in keep}, "conditioning_embedding_out_channels": cond_channels}
 
 
-def _vae(channels, layers, groups, sample):
+def _vae(channels, layers, groups, sample, latent=4):
     n = len(channels)
     return dict(
         block_out_channels=channels,
         layers_per_block=layers,
         norm_num_groups=groups,
         sample_size=sample,
-        latent_channels=4,
+        latent_channels=latent,
         in_channels=3,
         out_channels=3,
         scaling_factor=0.18215,
@@ -137,8 +137,10 @@ def _vision(image, patch, hidden, inter, layers, heads, proj):
 
 
 _TINY_UNET = _unet((4, 8), 2, 32, 8, 1, 32, (PLAIN_DOWN, CROSS_DOWN), (CROSS_UP, PLAIN_UP))
+# 8 latent channels (not SD's 4): at a x4 downscale the 4-channel VAE blurred the faces' few-pixel features
+# (eyes, mouth, glasses), 26.9 dB after its training budget; 8 channels train faster for the same cost.
 _MINI_UNET = _unet(
-    (32, 64, 128), 1, 64, 4, 8, 16, (PLAIN_DOWN, CROSS_DOWN, CROSS_DOWN), (CROSS_UP, CROSS_UP, PLAIN_UP)
+    (32, 64, 128), 1, 64, 4, 8, 16, (PLAIN_DOWN, CROSS_DOWN, CROSS_DOWN), (CROSS_UP, CROSS_UP, PLAIN_UP), latent=8
 )
 _SD15_UNET = _unet(
     (320, 640, 1280, 1280),
@@ -161,7 +163,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "image_encoder": _vision(32, 2, 32, 37, 5, 4, 32),
     },
     "mini": {
-        "vae": _vae((32, 64, 64), 1, 16, 64),  # 64x64x3 -> 16x16x4
+        "vae": _vae((32, 64, 64), 1, 16, 64, latent=8),  # 64x64x3 -> 16x16x8
         "unet": _MINI_UNET,
         "controlnet": _controlnet(_MINI_UNET, (16, 32, 64)),  # x4, the mini VAE's downscale
         "text_encoder": _text(64, 256, 4, 4, 64),
