@@ -51,11 +51,12 @@ STAGES = (
 
 
 def git_revision() -> str:
-    """HEAD's commit, with `+dirty` when the work tree has uncommitted changes."""
+    """HEAD's commit, with `+dirty` when the work tree has uncommitted changes outside data/mini (the
+    weights this tool writes there are not a change of the code that made them)."""
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
         dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--", ".", ":(exclude)data/mini"], cwd=REPO_ROOT, capture_output=True, text=True
         )
     except OSError:
         return "unknown"

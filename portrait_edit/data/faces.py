@@ -1,0 +1,350 @@
+"""Face datasets of the identity encoder (stage 1): FFHQ-style images, and the mini world's face view.
+
+A batch (what IdentityConditioning reads):
+    image     float (B, 3, S, S) in [-1, 1], the face (denoising target and CLIP input)
+    gender    list[str] of B words ("man" / "woman")
+    identity  long (B,) identity id (world faces; FFHQ: the image index, every image its own identity)
+
+`FaceImagesDataModule`: a folder of images (FFHQ layout: any depth of .png / .jpg / .jpeg / .webp) or
+WebDataset shards of `png` / `jpg` (+ optional `json` with "gender"). Gender comes from metadata where known
+(`genders`: a JSON {file stem or shard key: "man" / "woman"}, or the shard's json), else from CLIP
+zero-shot with the CLIP named by `gender_clip`, computed once in setup (cached to `gender_cache`).
+Corrupt images are skipped and counted (`collate_faces`), never a crash.
+
+`WorldFacesDataModule`: `make_face` renders of `identities` identities x `views` views (pose and
+expression differ per view), rendered once in setup; validation shows `val_identities` unseen identities
+twice each, with different expressions, so val/identity_top1 measures retrieval across views.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from portrait_edit.data.error_handler import COUNTS_FIELD, CountingErrorHandler
+from portrait_edit.data.images import decode_image, load_image, to_tensor
+from portrait_edit.data.jobs import sample_seed
+from portrait_edit.data.shard_pipeline import PairShardsMapDataset, resolve_shards
+from portrait_edit.data.shard_writer import atomic_write_json
+from portrait_edit.models.token_splice import GENDER_WORDS
+from portrait_edit.models.zero_shot import ZeroShotGender
+from portrait_edit.world import make_face
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+IMAGE_FIELDS = ("png", "jpg", "jpeg", "webp")
+
+
+def square_face(img: Image.Image, size: int) -> torch.Tensor:
+    """Centre-crop to a square and resize (bicubic): float (3, size, size) in [-1, 1]."""
+    side = min(img.size)
+    left, top = (img.width - side) // 2, (img.height - side) // 2
+    img = img.crop((left, top, left + side, top + side))
+    if side != size:
+        img = img.resize((size, size), Image.Resampling.BICUBIC)
+    return to_tensor(img)
+
+
+class FaceImagesDataset(Dataset):
+    """Faces from a folder of image files or from shards; item i -> {"image", "gender", "identity",
+    "name"} or None when the image is corrupt (counted by `handler`)."""
+
+    def __init__(self, root: str, image_size: int, handler: CountingErrorHandler | None = None) -> None:
+        self.image_size = image_size
+        self.handler = handler or CountingErrorHandler()
+        path = Path(root)
+        self.files = (
+            sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else []
+        )
+        self.shards = None
+        if not self.files:
+            urls = resolve_shards(root)  # raises, naming `root`, when nothing is there
+            self.shards = PairShardsMapDataset(urls, self.handler, required=())
+        self.names = [p.stem for p in self.files] if self.files else [k for _, k, _ in self.shards.index]
+        if not self.names:
+            raise ValueError(f"no face images under {root!r}: expected {IMAGE_SUFFIXES} files or shards")
+        self.genders = [""] * len(self.names)  # "" = unknown until metadata or zero-shot fills it in
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def _read(self, i: int) -> tuple[Image.Image, dict]:
+        if self.shards is None:
+            return load_image(self.files[i]), {}
+        sample = self.shards[i]
+        if sample is None:
+            raise ValueError(f"sample {self.names[i]} cannot be read (see the warning above)")
+        field = next((f for f in IMAGE_FIELDS if f in sample), None)
+        if field is None:
+            raise ValueError(f"sample {self.names[i]} has no image field {IMAGE_FIELDS}")
+        return decode_image(sample[field], f"{self.names[i]}.{field}"), sample.get("json") or {}
+
+    def metadata_gender(self, i: int) -> str:
+        """The gender stored with sample i (shards' json), or ""."""
+        if self.shards is None:
+            return ""
+        try:
+            return str(self._read(i)[1].get("gender", ""))
+        except ValueError:
+            return ""
+
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
+        try:
+            img, _ = self._read(i)
+        except ValueError as exc:
+            self.handler(exc)
+            return None
+        if self.shards is None:
+            self.handler.count(None)
+        return {
+            "image": square_face(img, self.image_size),
+            "gender": self.genders[i],
+            "identity": i,
+            "name": self.names[i],
+        }
+
+
+def collate_faces(items: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Stack face items, dropping corrupt (None) ones; the dropped count rides along like the shards'."""
+    good = [x for x in items if x is not None]
+    if not good:
+        return None
+    return {
+        "image": torch.stack([x["image"] for x in good]),
+        "gender": [x["gender"] for x in good],
+        "identity": torch.tensor([x["identity"] for x in good]),
+        COUNTS_FIELD: {"worker": 0, "seen": len(items), "skipped": len(items) - len(good)},
+    }
+
+
+class FaceImagesDataModule(LightningDataModule):
+    """FFHQ-style faces for the identity encoder (module docstring).
+
+    Args:
+        root: folder of images, or shards (a directory of tars, glob or brace pattern).
+        image_size: side the faces are cropped and resized to (the SD resolution: 512 at SD 1.5).
+        batch_size: faces per batch on each rank.
+        num_workers: DataLoader workers per rank.
+        genders: optional JSON file {file stem or shard key: "man" / "woman"}.
+        gender_clip: CLIP source for zero-shot gender of faces without metadata (e.g.
+            openai/clip-vit-large-patch14 or `mini`); None: every face needs metadata.
+        clip_image_size, clip_image_mean, clip_image_std: how faces are shown to that CLIP (None: OpenAI's).
+        gender_cache: JSON file the zero-shot genders are written to and read back from on later runs.
+        val_samples: faces (the last by name) held out for validation; 0 disables validation.
+        seed: seeds the training shuffle.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 512,
+        batch_size: int = 8,
+        num_workers: int = 4,
+        genders: str | None = None,
+        gender_clip: str | None = None,
+        clip_image_size: int = 224,
+        clip_image_mean: list[float] | None = None,
+        clip_image_std: list[float] | None = None,
+        gender_cache: str | None = None,
+        val_samples: int = 256,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or num_workers < 0 or val_samples < 0 or image_size < 8:
+            raise ValueError(
+                f"need batch_size >= 1, num_workers >= 0, val_samples >= 0, image_size >= 8; got "
+                f"{batch_size}, {num_workers}, {val_samples}, {image_size}"
+            )
+        self.save_hyperparameters()
+        self.dataset: FaceImagesDataset | None = None
+
+    def setup(self, stage: str) -> None:
+        if self.dataset is not None:
+            return
+        hp = self.hparams
+        self.dataset = FaceImagesDataset(hp.root, hp.image_size)
+        known = json.loads(Path(hp.genders).read_text()) if hp.genders else {}
+        if hp.gender_cache and Path(hp.gender_cache).is_file():
+            known = {**json.loads(Path(hp.gender_cache).read_text()), **known}
+        ds = self.dataset
+        ds.genders = [known.get(name) or ds.metadata_gender(i) for i, name in enumerate(ds.names)]
+        bad = sorted({g for g in ds.genders if g and g not in GENDER_WORDS})
+        if bad:
+            raise ValueError(f"gender metadata of {hp.root!r} has words {bad}; use {list(GENDER_WORDS)}")
+        missing = [i for i, g in enumerate(ds.genders) if not g]
+        if missing:
+            self._zero_shot(missing)
+
+    def _zero_shot(self, missing: list[int]) -> None:
+        hp, ds = self.hparams, self.dataset
+        if hp.gender_clip is None:
+            raise ValueError(
+                f"{len(missing)} faces under {hp.root!r} have no gender (first: {ds.names[missing[0]]}); give "
+                "`genders` (JSON name -> man/woman) or `gender_clip` for CLIP zero-shot"
+            )
+        classify = ZeroShotGender.load(
+            hp.gender_clip,
+            image_size=hp.clip_image_size,
+            image_mean=hp.clip_image_mean,
+            image_std=hp.clip_image_std,
+        )
+        loader = DataLoader(
+            torch.utils.data.Subset(ds, missing),
+            batch_size=64,
+            num_workers=hp.num_workers,
+            collate_fn=collate_faces,
+        )
+        found: dict[str, str] = {}
+        for batch in tqdm(loader, desc=f"zero-shot gender ({hp.gender_clip})", unit="batch"):
+            if batch is None:
+                continue
+            for i, word in zip(batch["identity"].tolist(), classify(batch["image"])):  # identity = index
+                ds.genders[i] = found[ds.names[i]] = word
+        counts = {w: ds.genders.count(w) for w in GENDER_WORDS}
+        log.info("zero-shot gender of %d faces with %s: %s", len(found), hp.gender_clip, counts)
+        if hp.gender_cache:
+            atomic_write_json(hp.gender_cache, found)
+
+    def _loader(self, indices: np.ndarray, train: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.hparams.seed) if train else None
+        return DataLoader(
+            torch.utils.data.Subset(self.dataset, indices.tolist()),
+            batch_size=self.hparams.batch_size,
+            shuffle=train,
+            generator=generator,
+            drop_last=train,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+            collate_fn=collate_faces,
+        )
+
+    def _split(self) -> int:
+        if self.dataset is None:
+            self.setup("fit")
+        split = len(self.dataset) - self.hparams.val_samples
+        if split < 1:
+            raise ValueError(
+                f"val_samples={self.hparams.val_samples} leaves no training faces of {len(self.dataset)}"
+            )
+        return split
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(np.arange(self._split()), train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        split = self._split()
+        return (
+            self._loader(np.arange(split, len(self.dataset)), train=False) if self.hparams.val_samples else []
+        )
+
+
+class WorldFacesDataset(Dataset):
+    """Rendered faces held in memory: images uint8 (N, S, S, 3), genders, identity ids."""
+
+    def __init__(self, images: np.ndarray, genders: list[str], identities: np.ndarray) -> None:
+        self.images, self.genders, self.identities = images, genders, identities
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image = torch.from_numpy(self.images[i]).permute(2, 0, 1).float() / 127.5 - 1.0
+        return {"image": image, "gender": self.genders[i], "identity": int(self.identities[i])}
+
+
+def render_faces(
+    identity_seeds: list[int], views: int, size: int, distinct_expressions: bool = False
+) -> WorldFacesDataset:
+    """`views` renders of each identity (view seeds 0, 1, ...; with `distinct_expressions`, later views
+    are skipped until their expression differs from every earlier view's)."""
+    images, genders, ids = [], [], []
+    for n, seed in enumerate(
+        tqdm(identity_seeds, desc="rendering world faces", unit="identity", leave=False)
+    ):
+        seen: set = set()
+        view = 0
+        while len(seen) < views:
+            face = make_face(seed, view, size=size)
+            view += 1
+            if distinct_expressions and face.meta["expression"] in seen:
+                continue
+            seen.add(face.meta["expression"] if distinct_expressions else view)
+            images.append(face.image)
+            genders.append(face.gender)
+            ids.append(n)
+    return WorldFacesDataset(np.stack(images), genders, np.asarray(ids))
+
+
+class WorldFacesDataModule(LightningDataModule):
+    """The mini world's face view (module docstring).
+
+    Args:
+        identities: training identities (identity seeds from the stream `seed`).
+        views: renders per training identity.
+        val_identities: unseen identities (stream `seed + 1`) shown twice each; 0 disables validation.
+        image_size: render side.
+        batch_size: faces per batch on each rank.
+        num_workers: DataLoader workers per rank.
+        seed: identity stream and training shuffle.
+    """
+
+    def __init__(
+        self,
+        identities: int = 2000,
+        views: int = 4,
+        val_identities: int = 100,
+        image_size: int = 64,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if min(identities, views, batch_size) < 1 or val_identities < 0 or num_workers < 0:
+            raise ValueError(
+                f"need identities, views, batch_size >= 1 and val_identities, num_workers >= 0; got {identities}, "
+                f"{views}, {batch_size}, {val_identities}, {num_workers}"
+            )
+        self.save_hyperparameters()
+        self.train_set: WorldFacesDataset | None = None
+        self.val_set: WorldFacesDataset | None = None
+
+    def setup(self, stage: str) -> None:
+        if self.train_set is not None:
+            return
+        hp = self.hparams
+        train_seeds = [sample_seed(hp.seed, i) for i in range(hp.identities)]
+        val_seeds = [sample_seed(hp.seed + 1, i) for i in range(hp.val_identities)]
+        self.train_set = render_faces(train_seeds, hp.views, hp.image_size)
+        self.val_set = (
+            render_faces(val_seeds, 2, hp.image_size, distinct_expressions=True) if val_seeds else None
+        )
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.hparams.seed) if train else None
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=train,
+            generator=generator,
+            drop_last=train,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self.setup("validate")
+        return self._loader(self.val_set, train=False) if self.val_set is not None else []

@@ -1,0 +1,90 @@
+"""Identity encoder: shapes, CLIP input, storage, retrieval metric, zero-shot gender, and the sd15-scale wiring."""
+
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from portrait_edit.metrics.identity import identity_retrieval_top1
+from portrait_edit.models.clip_pair import build_clip, export_clip
+from portrait_edit.models.identity_encoder import (
+    IdentityEncoder,
+    IdentityEncoderConfig,
+    clip_pixels,
+    clip_tokens,
+    encode_identity,
+)
+from portrait_edit.models.zero_shot import ZeroShotGender
+
+
+def tiny_config(**kw):
+    return IdentityEncoderConfig(
+        clip_width=32, word_width=32, num_heads=4, mlp_hidden=64, image_size=32, **kw
+    )
+
+
+def test_clip_pixels_closed_form():
+    faces = torch.full((1, 3, 8, 8), 0.5)  # 0.75 in [0, 1]
+    out = clip_pixels(faces, 8, [0.5, 0.25, 0.75], [0.5, 0.25, 0.125])
+    assert_close(out[0, :, 0, 0], torch.tensor([0.5, 2.0, 0.0]))
+    assert clip_pixels(faces, 4, [0.5] * 3, [0.5] * 3).shape == (1, 3, 4, 4)
+
+
+def test_encoder_maps_clip_tokens_to_k_words_and_round_trips(tiny_sd, tmp_path):
+    torch.manual_seed(0)
+    encoder = IdentityEncoder(tiny_config(image_mean=[0.5] * 3, image_std=[0.5] * 3))
+    faces = torch.rand(3, 3, 32, 32) * 2 - 1
+    tokens = clip_tokens(tiny_sd.image_encoder, faces, encoder.config)
+    assert tokens.shape == (3, 1 + (32 // 2) ** 2, 32)  # class token + 16 x 16 patches
+    c_id = encode_identity(tiny_sd.image_encoder, encoder, faces)
+    assert c_id.shape == (3, 2, 32)
+    # Each face's words depend on that face only (no mixing across the batch).
+    assert_close(encode_identity(tiny_sd.image_encoder, encoder, faces[1:2]), c_id[1:2])
+    loaded = IdentityEncoder.from_pretrained(encoder.save_pretrained(tmp_path / "identity_encoder"))
+    assert loaded.config == encoder.config
+    assert_close(encode_identity(tiny_sd.image_encoder, loaded, faces), c_id)
+    with pytest.raises(ValueError, match="clip_width"):
+        encoder(torch.zeros(1, 4, 16))
+
+
+def test_retrieval_top1_hand_example():
+    features = torch.tensor([[1.0, 0.0], [0.9, -0.1], [0.0, 1.0], [0.2, 1.0], [1.0, 0.05]])
+    identities = torch.tensor([0, 0, 1, 1, 2])
+    # 0 -> 4 (cos 0.9988 > 0.9939): miss; 1 -> 0 (0.9939 > 0.987 to 4): hit; 2 -> 3 hit; 3 -> 2 hit; 4 -> 0: identity 0 != 2, miss.
+    assert identity_retrieval_top1(features, identities).tolist() == [False, True, True, True, False]
+
+
+def test_zero_shot_gender_picks_the_closer_prompt(tiny_sd, clip_tokenizer, tmp_path):
+    clip = build_clip("tiny", "tiny", seed=3)
+    export_clip(clip, clip_tokenizer, tmp_path / "clip")
+    classify = ZeroShotGender.load(
+        str(tmp_path / "clip"), image_size=32, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    faces = torch.rand(6, 3, 32, 32) * 2 - 1
+    # Independent computation with the CLIPModel the folder was exported from.
+    ids = clip_tokenizer(
+        ["a photo of a man", "a photo of a woman"], padding="max_length", max_length=77, return_tensors="pt"
+    )
+    with torch.no_grad():
+        text = clip.text_projection(clip.text_model(input_ids=ids.input_ids).pooler_output)
+        image = clip.visual_projection(clip.vision_model(pixel_values=faces).pooler_output)
+        text, image = (
+            torch.nn.functional.normalize(text, dim=-1),
+            torch.nn.functional.normalize(image, dim=-1),
+        )
+    expected = [["man", "woman"][i] for i in (image @ text.T).argmax(1).tolist()]
+    assert classify(faces) == expected
+
+
+@pytest.mark.slow
+def test_sd15_scale_wiring_vit_l14_to_two_768_words():
+    from portrait_edit.models.components import load_image_encoder, load_text_encoder
+
+    vision = load_image_encoder("sd15", seed=0)  # random ViT-L/14 from the shipped config
+    text = load_text_encoder("sd15", seed=0)
+    config = IdentityEncoderConfig(clip_width=vision.config.hidden_size, word_width=text.config.hidden_size)
+    encoder = IdentityEncoder(config)
+    c_id = encode_identity(vision, encoder, torch.rand(1, 3, 512, 512) * 2 - 1)
+    assert (vision.config.hidden_size, vision.config.image_size, vision.config.patch_size) == (1024, 224, 14)
+    assert c_id.shape == (1, 2, 768)
+    print(f"identity encoder parameters at sd15 scale: {sum(p.numel() for p in encoder.parameters()):,}")

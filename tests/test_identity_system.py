@@ -1,0 +1,165 @@
+"""IdentityEncoderSystem and the face datamodules on the tiny preset: real components, real Trainer, CPU."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from PIL import Image
+from torch.testing import assert_close
+
+from portrait_edit.data.error_handler import COUNTS_FIELD
+from portrait_edit.data.faces import FaceImagesDataModule, WorldFacesDataModule
+from portrait_edit.models.identity_conditioning import IdentityConditioning
+from portrait_edit.systems.identity import IdentityEncoderSystem
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_conditioning(**kw):
+    return IdentityConditioning(
+        num_heads=4, mlp_hidden=64, image_size=32, image_mean=[0.5] * 3, image_std=[0.5] * 3, **kw
+    )
+
+
+def world_faces(**kw):
+    args = dict(identities=4, views=2, val_identities=3, image_size=32, batch_size=4, seed=5)
+    return WorldFacesDataModule(**(args | kw))
+
+
+def test_world_faces_validation_shows_unseen_identities_twice_with_different_expressions():
+    dm = world_faces()
+    dm.setup("fit")
+    assert len(dm.train_set) == 8 and len(dm.val_set) == 6
+    assert dm.val_set.identities.tolist() == [0, 0, 1, 1, 2, 2]
+    train_images = {dm.train_set.images[i].tobytes() for i in range(8)}
+    assert not any(dm.val_set.images[i].tobytes() in train_images for i in range(6))
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["image"].shape == (4, 3, 32, 32) and set(batch["gender"]) <= {"man", "woman"}
+
+
+def test_one_step_trains_the_identity_encoder_only_and_adds_the_l1_penalty(tmp_path):
+    system = IdentityEncoderSystem(base="tiny", conditioning=tiny_conditioning(), embedding_l1=0.5, lr=1e-3)
+    trained = ("conditioning.encoder.", "ema.")  # the identity encoder and its EMA copy
+    frozen = {k: v.clone() for k, v in system.state_dict().items() if not k.startswith(trained)}
+    assert any(k.startswith("conditioning.text_encoder.") for k in frozen) and any(
+        "unet." in k for k in frozen
+    )
+    encoder = {k: v.clone() for k, v in system.conditioning.encoder.state_dict().items()}
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=2,
+        val_check_interval=1,
+    )
+    trainer.fit(system, datamodule=world_faces())
+    m = trainer.callback_metrics
+    # total = denoising + 0.5 x mean |c_id| (the logged parts of the one step).
+    assert_close(m["train/total"], m["train/loss"] + 0.5 * m["train/embedding_l1"])
+    assert math.isfinite(m["val/loss"].item()) and 0.0 <= m["val/identity_top1"].item() <= 1.0
+    after = system.conditioning.encoder.state_dict()
+    assert all(not torch.equal(encoder[k], after[k]) for k in encoder if "queries" in k or "mlp" in k)
+    now = system.state_dict()
+    assert [k for k in frozen if not torch.equal(frozen[k], now[k])] == []
+    system.export(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "identity_encoder").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
+
+
+def test_face_folder_skips_corrupt_images_and_takes_genders_from_metadata(tmp_path):
+    folder = tmp_path / "ffhq" / "00000"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i:05d}.png")
+    (folder / "00003.png").write_bytes(b"not a png")
+    genders = {f"{i:05d}": ("man" if i % 2 else "woman") for i in range(6)}
+    (tmp_path / "genders.json").write_text(json.dumps(genders))
+    dm = FaceImagesDataModule(
+        root=str(tmp_path / "ffhq"),
+        image_size=16,
+        batch_size=6,
+        num_workers=0,
+        genders=str(tmp_path / "genders.json"),
+        val_samples=0,
+    )
+    dm.setup("fit")
+    batch = next(iter(dm._loader(np.arange(6), train=False)))
+    assert batch["image"].shape == (5, 3, 16, 16)  # the corrupt file is skipped ...
+    assert batch[COUNTS_FIELD] == {"worker": 0, "seen": 6, "skipped": 1}
+    assert batch["gender"] == ["woman", "man", "woman", "woman", "man"]  # ... and the rest keep their gender
+    with pytest.raises(ValueError, match="no gender"):
+        FaceImagesDataModule(root=str(tmp_path / "ffhq"), num_workers=0).setup("fit")
+
+
+def test_identity_configs_run_end_to_end_on_the_tiny_preset(tmp_path):
+    from portrait_edit.cli import PortraitCLI
+
+    small = tmp_path / "small.yaml"
+    small.write_text(
+        "trainer:\n  logger: false\n  callbacks: []\n  enable_checkpointing: false\n  max_steps: 1\n"
+        "  val_check_interval: 1\n  limit_val_batches: 1\n  num_sanity_val_steps: 0\n"
+        f"  default_root_dir: {tmp_path}\n"
+    )
+    cli = PortraitCLI(
+        args=[
+            "fit",
+            "--config",
+            str(ROOT / "configs/mini/identity.yaml"),
+            "--config",
+            str(small),
+            "--ckpt_path=null",
+            "--model.init_args.base=tiny",
+            f"--model.init_args.export_dir={tmp_path / 'export'}",
+            "--model.init_args.conditioning.init_args.image_size=32",
+            "--data.init_args.identities=4",
+            "--data.init_args.views=2",
+            "--data.init_args.val_identities=2",
+            "--data.init_args.image_size=32",
+            "--data.init_args.batch_size=4",
+        ]
+    )
+    assert math.isfinite(cli.trainer.callback_metrics["train/total"].item())
+    assert (tmp_path / "export" / "identity_encoder" / "config.json").is_file()
+
+
+def test_faces_without_metadata_get_clip_zero_shot_genders_cached(tmp_path, clip_tokenizer):
+    from portrait_edit.models.clip_pair import build_clip, export_clip
+    from portrait_edit.models.zero_shot import ZeroShotGender
+
+    export_clip(build_clip("tiny", "tiny", seed=3), clip_tokenizer, tmp_path / "clip")
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+    pixels = dict(clip_image_size=32, clip_image_mean=[0.5] * 3, clip_image_std=[0.5] * 3)
+    cache = tmp_path / "genders.json"
+    dm = FaceImagesDataModule(
+        root=str(folder),
+        image_size=32,
+        num_workers=0,
+        gender_clip=str(tmp_path / "clip"),
+        gender_cache=str(cache),
+        **pixels,
+    )
+    dm.setup("fit")
+    classify = ZeroShotGender.load(
+        str(tmp_path / "clip"), image_size=32, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    faces = torch.stack([dm.dataset[i]["image"] for i in range(5)])
+    assert dm.dataset.genders == classify(faces)
+    assert json.loads(cache.read_text()) == dict(zip(dm.dataset.names, dm.dataset.genders))
+    again = FaceImagesDataModule(root=str(folder), image_size=32, num_workers=0, gender_cache=str(cache))
+    again.setup("fit")  # no CLIP given: the cache alone labels every face
+    assert again.dataset.genders == dm.dataset.genders
