@@ -1,0 +1,90 @@
+"""The pose bank of pair generation: OpenPose COCO-18 body keypoints, one pose drawn twice per pair.
+
+The paper picks poses from 1000 candidates detected on SD images of "a person, head shot". A bank is a
+JSON file (`tools/make_pose_bank.py` writes it):
+
+    {"format": "openpose-coco18", "source": "...", "command": "...",
+     "poses": [{"id": 0, "keypoints": [[x, y, visible] x 18], "world_pose": {...}}, ...]}
+
+with x, y as fractions of the image width and height (pixel centres at (i + 0.5) / side, the world's
+convention) and visible 0 / 1; `world_pose` (mini world only) is the world `Pose` the keypoints came from.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from portrait_edit.data.shard_writer import atomic_write_json
+from portrait_edit.world import pose_keypoints, sample_pose
+from portrait_edit.world.pose import KEYPOINT_NAMES
+
+FORMAT = "openpose-coco18"
+
+
+@dataclass
+class PoseBank:
+    """Keypoints float32 (N, 18, 3) in fractions of the image sides, plus where they came from."""
+
+    keypoints: np.ndarray
+    source: str = ""
+    command: str = ""
+    world_poses: list[dict] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        self.keypoints = np.asarray(self.keypoints, np.float32)
+        if self.keypoints.ndim != 3 or self.keypoints.shape[1:] != (len(KEYPOINT_NAMES), 3) or not len(self):
+            raise ValueError(f"a pose bank needs keypoints (N >= 1, 18, 3); got {self.keypoints.shape}")
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+    def pixels(self, index: int, height: int, width: int) -> np.ndarray:
+        """Pose `index` in pixels of a height x width image: float32 (18, 3) (x, y, visible)."""
+        out = self.keypoints[index].copy()
+        out[:, 0] *= width
+        out[:, 1] *= height
+        return out
+
+    def save(self, path: str | Path) -> None:
+        poses = [
+            {"id": i, "keypoints": np.round(k, 6).tolist()}
+            | ({"world_pose": self.world_poses[i]} if self.world_poses else {})
+            for i, k in enumerate(self.keypoints)
+        ]
+        data = {"format": FORMAT, "source": self.source, "command": self.command, "poses": poses}
+        atomic_write_json(path, data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PoseBank:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(
+                f"cannot read pose bank {path}: {exc}; remake it with tools/make_pose_bank.py"
+            ) from exc
+        if data.get("format") != FORMAT or not data.get("poses"):
+            raise ValueError(
+                f"{path} is not a {FORMAT} pose bank with poses; remake it with tools/make_pose_bank.py"
+            )
+        poses = data["poses"]
+        world = [p["world_pose"] for p in poses] if all("world_pose" in p for p in poses) else None
+        return cls(
+            np.array([p["keypoints"] for p in poses]), data.get("source", ""), data.get("command", ""), world
+        )
+
+
+def world_pose_bank(count: int, seed: int, size: int = 64) -> PoseBank:
+    """`count` mini-world head-shot poses (`sample_pose` on the stream [seed, i]) as a bank."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    poses = [sample_pose(np.random.default_rng([seed, i])) for i in range(count)]
+    keypoints = np.stack([pose_keypoints(p, size) for p in poses])
+    keypoints[..., :2] /= size
+    return PoseBank(
+        keypoints, source=f"mini world, sample_pose seed {seed}", world_poses=[p.to_dict() for p in poses]
+    )
