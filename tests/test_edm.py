@@ -97,3 +97,13 @@ def test_eps_denoiser_is_exact_for_the_true_noise():
     denoise = eps_denoiser(oracle, table)
     assert_close(denoise(clean + sigma.reshape(-1, 1, 1, 1) * noise, sigma), clean)
     assert_close(seen[0], sigma_to_timestep(sigma, table))
+
+
+def test_per_sample_generators_make_each_sample_independent_of_its_batch():
+    sigmas = karras_sigmas(5, 0.002, 80.0)
+    noise = torch.randn(3, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    settings = dict(s_churn=40.0, s_tmin=0.05, s_tmax=50.0)
+    gens = [torch.Generator().manual_seed(10 + i) for i in range(3)]
+    together = edm_sample(gaussian_denoiser, noise, sigmas, gens, **settings)
+    alone = edm_sample(gaussian_denoiser, noise[1:2], sigmas, [torch.Generator().manual_seed(11)], **settings)
+    assert_close(together[1:2], alone)

@@ -74,12 +74,23 @@ def churn_gamma(sigma: float, steps: int, s_churn: float, s_tmin: float, s_tmax:
     return min(s_churn / steps, math.sqrt(2.0) - 1.0) if s_tmin <= sigma <= s_tmax else 0.0
 
 
+def fresh_noise(x: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+    """Standard normal noise shaped like x, from one generator or one per sample (a list of len(x))."""
+    if not isinstance(generator, list):
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    if len(generator) != len(x):
+        raise ValueError(f"{len(generator)} generators for a batch of {len(x)}")
+    return torch.stack(
+        [torch.randn(x.shape[1:], generator=g, device=x.device, dtype=x.dtype) for g in generator]
+    )
+
+
 @torch.no_grad()
 def edm_sample(
     denoise: Denoiser,
     noise: torch.Tensor,
     sigmas: torch.Tensor,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     s_churn: float = 0.0,
     s_tmin: float = 0.0,
     s_tmax: float = float("inf"),
@@ -92,7 +103,8 @@ def edm_sample(
         denoise: D(x, sigma (B,)) -> clean estimate, same shape as x.
         noise: float (B, ...) standard normal; the start is noise * sigmas[0].
         sigmas: float64 (N + 1,) decreasing, last 0 (`karras_sigmas`).
-        generator: for the churn noise (its device must be noise's).
+        generator: for the churn noise (its device must be noise's); a list gives each sample its own
+            generator, so a sample does not depend on what else is in its batch.
         s_churn, s_tmin, s_tmax, s_noise: the stochasticity settings (S_churn = 0: deterministic Heun).
         heun: apply the second-order correction (2 evaluations a step except the last; False: Euler).
 
@@ -107,7 +119,7 @@ def edm_sample(
         gamma = churn_gamma(sigma, steps, s_churn, s_tmin, s_tmax)
         sigma_hat = sigma * (1.0 + gamma)
         if gamma > 0:
-            fresh = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            fresh = fresh_noise(x, generator)
             x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * fresh
         level = torch.full((batch,), sigma_hat, device=x.device, dtype=torch.float64)
         slope = (x - denoise(x, level)) / sigma_hat
