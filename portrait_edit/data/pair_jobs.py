@@ -1,0 +1,100 @@
+"""Jobs of paired data generation: direction x identity source x pose, one per global sample index.
+
+Every field of a job comes from the global index (house rule 10), so 1 or N ranks generate the same
+pairs: the direction cycles through `directions`; the pose id and the identity are drawn from the stream
+[seed, index, 11]. Identities are mini-world people (`faces: world`, identity seeds from the stream
+[seed + 1, i] for i < `identities`, so the same people recur across pairs) or face images in a folder
+(FFHQ: `faces: /path`, genders from a JSON {file stem: man/woman}, e.g. the identity stage's zero-shot
+cache). Prompts p / p_a / p_b come from the task's templates (data/prompts/<task>.json).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from portrait_edit.data.faces import IMAGE_SUFFIXES
+from portrait_edit.data.jobs import Job, JobsDataModule, sample_seed
+from portrait_edit.data.pose_bank import PoseBank
+from portrait_edit.data.prompts import prompts_for
+from portrait_edit.world import DIRECTIONS, TASKS, task_of
+from portrait_edit.world.identity import identity_from_seed
+
+WORLD = "world"
+
+
+class PairJobsDataModule(JobsDataModule):
+    """Args:
+    num_samples: pairs to generate over all ranks.
+    pose_bank: the pose bank JSON (tools/make_pose_bank.py; the mini one is data/mini/pose_bank.json).
+    task: `costume`, `expression`, or None for both (the directions of `directions` must belong to it).
+    directions: the edit directions to cycle through (None: every direction of the task).
+    faces: `world` for mini-world identities, or a folder of face images.
+    identities: how many distinct world identities to draw from (faces: world).
+    genders: JSON {file stem: man/woman} for a face folder.
+    shard_size, batch_size, seed: as in JobsDataModule.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        pose_bank: str,
+        task: str | None = None,
+        directions: list[str] | None = None,
+        faces: str = WORLD,
+        identities: int = 1000,
+        genders: str | None = None,
+        shard_size: int = 100,
+        batch_size: int = 8,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(num_samples=num_samples, shard_size=shard_size, batch_size=batch_size, seed=seed)
+        allowed = TASKS[task] if task is not None else DIRECTIONS
+        self.directions = list(directions or allowed)
+        bad = [d for d in self.directions if d not in allowed]
+        if bad or not self.directions:
+            raise ValueError(
+                f"directions {bad or self.directions} are not directions of task {task!r}: {list(allowed)}"
+            )
+        self.bank = PoseBank.load(pose_bank)
+        self.faces = faces
+        self.identities = identities
+        self.files: list[Path] = []
+        self.genders: dict[str, str] = {}
+        if faces != WORLD:
+            self.files = sorted(p for p in Path(faces).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not self.files:
+                raise ValueError(f"no face images ({', '.join(IMAGE_SUFFIXES)}) under {faces!r}")
+            if genders is None:
+                raise ValueError(
+                    f"face folder {faces!r} needs `genders` (JSON file stem -> man/woman), e.g. the identity "
+                    "stage's gender_cache"
+                )
+            self.genders = json.loads(Path(genders).read_text())
+        elif identities < 1:
+            raise ValueError(f"identities must be >= 1, got {identities}")
+
+    def make_job(self, index: int) -> Job:
+        job = super().make_job(index)
+        rng = np.random.default_rng([self.seed, index, 11])
+        direction = self.directions[index % len(self.directions)]
+        pose_id = int(rng.integers(len(self.bank)))
+        if self.faces == WORLD:
+            identity_seed = sample_seed(self.seed + 1, int(rng.integers(self.identities)))
+            gender, source = identity_from_seed(identity_seed).gender, f"{WORLD}:{identity_seed}"
+        else:
+            path = self.files[int(rng.integers(len(self.files)))]
+            if path.stem not in self.genders:
+                raise ValueError(f"no gender for face {path} in the genders file; add it or drop the image")
+            gender, source = self.genders[path.stem], str(path)
+        return {
+            **job,
+            "direction": direction,
+            "task": task_of(direction),
+            "gender": gender,
+            "identity_source": source,
+            "pose_id": pose_id,
+            **prompts_for(direction, gender),
+        }

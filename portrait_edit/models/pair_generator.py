@@ -1,0 +1,161 @@
+"""Paired data generation (paper §3.2, supplementary 1.1): x_A and x_B side by side on one H x 2W canvas.
+
+One denoising run makes both images: the latent is h x 2w, the pose ControlNet sees the same pose drawn on
+both halves, and every step combines four text conditions with Eq. 2 (diffusion/composable.py): the
+shared prompt p over the canvas, p_a on the left, p_b on the right, all guided against one null branch.
+The identity words c_id of a face are spliced before the gender word of p, p_a and p_b, so both halves
+show that person. Sampling is the stochastic Karras (EDM) sampler (diffusion/edm.py), 20 steps.
+
+Every evaluation of the model is ONE batched UNet (+ ControlNet) call over the 4 branches
+(`branch_eps`), and each sample's noise comes from its own generator, so a pair depends on its seed
+alone, not on its batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from portrait_edit.diffusion.composable import BRANCHES, composable_eps, split_branches, stack_branches
+from portrait_edit.diffusion.edm import edm_sample, eps_denoiser, karras_sigmas, vp_sigmas
+from portrait_edit.diffusion.noise import alphas_cumprod_from_betas, scaled_linear_betas
+from portrait_edit.models.identity_encoder import IdentityEncoder, encode_identity
+from portrait_edit.models.token_splice import encode_prompts_with_identity
+
+
+class PairGenerator(nn.Module):
+    """Frozen SD parts (+ pose ControlNet, + identity encoder) that draw pairs.
+
+    Args:
+        vae, unet, text_encoder, tokenizer: the base model's parts.
+        controlnet: OpenPose ControlNet; None draws without a pose (the "no pose" ablation).
+        image_encoder, identity_encoder: CLIP image encoder and trained identity encoder; None draws
+            without identity words (the "no identity" ablation).
+        guidance: classifier-free guidance scale of each of the three guided predictions.
+        s_d, s_a, s_b: Eq. 2 weights of p (whole canvas), p_a (left) and p_b (right).
+        steps: EDM sampling steps.
+        s_churn, s_tmin, s_tmax, s_noise: EDM stochasticity (the defaults are KarrasVeScheduler's).
+        heun: Heun's second-order correction (Algorithm 2 as written: 2 evaluations a step but the last).
+    """
+
+    def __init__(
+        self,
+        vae: nn.Module,
+        unet: nn.Module,
+        text_encoder: nn.Module,
+        tokenizer: Any,
+        controlnet: nn.Module | None = None,
+        image_encoder: nn.Module | None = None,
+        identity_encoder: IdentityEncoder | None = None,
+        guidance: float = 7.5,
+        s_d: float = 0.1,
+        s_a: float = 0.9,
+        s_b: float = 0.9,
+        steps: int = 20,
+        s_churn: float = 80.0,
+        s_tmin: float = 0.05,
+        s_tmax: float = 50.0,
+        s_noise: float = 1.007,
+        heun: bool = True,
+    ) -> None:
+        super().__init__()
+        if (image_encoder is None) != (identity_encoder is None):
+            raise ValueError("give both the CLIP image encoder and the identity encoder, or neither")
+        self.vae, self.unet, self.text_encoder, self.tokenizer = vae, unet, text_encoder, tokenizer
+        self.controlnet, self.image_encoder, self.identity_encoder = (
+            controlnet,
+            image_encoder,
+            identity_encoder,
+        )
+        self.settings = dict(guidance=guidance, s_d=s_d, s_a=s_a, s_b=s_b)
+        self.sampler = dict(s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, heun=heun)
+        self.steps = steps
+        self.register_buffer(
+            "table", vp_sigmas(alphas_cumprod_from_betas(scaled_linear_betas())), persistent=False
+        )
+        self.requires_grad_(False).eval()
+
+    @property
+    def uses_identity(self) -> bool:
+        return self.identity_encoder is not None
+
+    def identity(self, faces: torch.Tensor) -> torch.Tensor:
+        """c_id of faces float (B, 3, H, W) in [-1, 1]: (B, K, D)."""
+        if self.identity_encoder is None:
+            raise ValueError("this generator has no identity encoder")
+        return encode_identity(self.image_encoder, self.identity_encoder, faces)
+
+    def text_states(
+        self, prompts: dict[str, list[str]], identity: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """{branch: (B or 1, L, D)}: p, p_a, p_b (with c_id spliced before the gender word when given) and
+        the null text "" (no identity: the unconditional branch TextConditioning trained)."""
+        out = {}
+        for name in ("p", "p_a", "p_b"):
+            if identity is None:
+                ids = self.tokenizer(
+                    prompts[name], padding="max_length", max_length=self.tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt",
+                ).input_ids.to(self.text_encoder.device)  # fmt: skip
+                out[name] = self.text_encoder(ids)[0]
+            else:
+                out[name] = encode_prompts_with_identity(
+                    self.text_encoder, self.tokenizer, prompts[name], identity
+                )
+        null = self.tokenizer(
+            [""], padding="max_length", max_length=self.tokenizer.model_max_length, return_tensors="pt"
+        )
+        out["null"] = self.text_encoder(null.input_ids.to(self.text_encoder.device))[0]
+        return out
+
+    def branch_eps(
+        self,
+        x_vp: torch.Tensor,
+        timesteps: torch.Tensor,
+        states: dict[str, torch.Tensor],
+        pose: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """eps_bar (B, C, h, 2w) of Eq. 2 from ONE batched call over the 4 branches.
+
+        Args:
+            x_vp: VP-scaled canvas latents (B, C, h, 2w).
+            timesteps: float (B,) (fractional SD timesteps).
+            states: `text_states` output.
+            pose: the pose drawn on both halves, float (B, 3, H, 2W) in [0, 1], or None.
+        """
+        dtype = self.unet.dtype
+        x, s = stack_branches(x_vp.to(dtype), {k: v.to(dtype) for k, v in states.items()})
+        t = timesteps.to(dtype).repeat(len(BRANCHES))
+        kwargs: dict[str, Any] = {}
+        if self.controlnet is not None and pose is not None:
+            down, mid = self.controlnet(
+                x, t, encoder_hidden_states=s, controlnet_cond=pose.to(dtype).repeat(len(BRANCHES), 1, 1, 1),
+                return_dict=False,
+            )  # fmt: skip
+            kwargs = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        e = split_branches(self.unet(x, t, encoder_hidden_states=s, **kwargs).sample.float())
+        return composable_eps(e["null"], e["p"], e["p_a"], e["p_b"], **self.settings)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        states: dict[str, torch.Tensor],
+        noise: torch.Tensor,
+        generators: list[torch.Generator],
+        pose: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Canvas images float (B, 3, H, 2W) in [-1, 1].
+
+        Args:
+            states: `text_states` output.
+            noise: standard normal canvas latents (B, C, h, 2w), float32, one per sample's own generator.
+            generators: per-sample generators for the sampler's churn noise.
+            pose: float (B, 3, H, 2W) in [0, 1] (the pose drawn on both halves) or None.
+        """
+        denoise = eps_denoiser(lambda x, t: self.branch_eps(x, t, states, pose), self.table)
+        sigmas = karras_sigmas(self.steps, float(self.table[0]), float(self.table[-1]))
+        latents = edm_sample(denoise, noise.double(), sigmas, generators, **self.sampler)
+        latents = (latents / self.vae.config.scaling_factor).to(self.vae.dtype)
+        return self.vae.decode(latents).sample.float().clamp(-1, 1)

@@ -1,0 +1,165 @@
+"""Stage 2: paired data generation as a `predict` run writing WebDataset shards (paper §3.2).
+
+Each job (data/pair_jobs.py) becomes one pair: the identity's face -> c_id, the pose drawn on both halves,
+p / p_a / p_b, the job's own noise -> `PairGenerator` -> the canvas split into x_A (left) and x_B (right).
+The ShardWriter callback writes `src.png`, `tgt.png`, `pose.png` and the metadata (prompts, direction,
+gender, identity source, pose id, seed, all scales, the generator's config hash) that regenerates a pair
+bit for bit. Ablations are switches: `use_pose: false` (no ControlNet), `use_identity: false` (no c_id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule
+
+from portrait_edit import __version__, paths
+from portrait_edit.data.faces import square_face
+from portrait_edit.data.images import load_image, to_uint8
+from portrait_edit.data.jobs import sample_seed
+from portrait_edit.data.pair_jobs import WORLD
+from portrait_edit.data.pose_bank import PoseBank
+from portrait_edit.models.components import load_components
+from portrait_edit.models.identity_encoder import IdentityEncoder
+from portrait_edit.models.pair_generator import PairGenerator
+from portrait_edit.models.sources import resolve_source
+from portrait_edit.world import draw_pose_pair, make_face
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class PairGenerationSystem(LightningModule):
+    """Args:
+    base: SD source (preset, folder, single file, hub id).
+    pose_bank: the pose bank JSON the jobs' pose ids index.
+    controlnet: OpenPose ControlNet source (None with a preset base: the preset's).
+    identity_encoder: folder of a trained identity encoder (None: the base's `identity_encoder/` when the
+        base is a preset that ships one).
+    image_encoder: CLIP image encoder source (None with a preset base: the preset's).
+    image_size: side H = W of each half (512 at SD 1.5, 64 mini).
+    steps, guidance, s_d, s_a, s_b, s_churn, s_tmin, s_tmax, s_noise: sampling (PairGenerator).
+    use_pose: condition on the pose (False: the "no pose" ablation, no ControlNet).
+    use_identity: splice c_id into the prompts (False: the "no identity" ablation).
+    dtype: float32, float16 or bfloat16 weights.
+    local_files_only: for hub ids, never touch the network (None: the HF_HUB_OFFLINE setting).
+    """
+
+    def __init__(
+        self,
+        base: str = "mini",
+        pose_bank: str = "data/mini/pose_bank.json",
+        controlnet: str | None = None,
+        identity_encoder: str | None = None,
+        image_encoder: str | None = None,
+        image_size: int = 64,
+        steps: int = 20,
+        guidance: float = 7.5,
+        s_d: float = 0.1,
+        s_a: float = 0.9,
+        s_b: float = 0.9,
+        s_churn: float = 80.0,
+        s_tmin: float = 0.05,
+        s_tmax: float = 50.0,
+        s_noise: float = 1.007,
+        use_pose: bool = True,
+        use_identity: bool = True,
+        dtype: str = "float32",
+        local_files_only: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        self.save_hyperparameters()
+        parts = ("vae", "unet", "text_encoder", "tokenizer")
+        parts += ("controlnet",) if use_pose else ()
+        parts += ("image_encoder",) if use_identity else ()
+        c = load_components(
+            base,
+            controlnet=controlnet,
+            image_encoder=image_encoder,
+            parts=parts,
+            torch_dtype=DTYPES[dtype],
+            local_files_only=local_files_only,
+        )
+        encoder = None
+        if use_identity:
+            kind, where = resolve_source(base)
+            if identity_encoder is None and kind != "preset":
+                raise ValueError(
+                    "use_identity needs `identity_encoder` (a trained encoder's folder) for this base"
+                )
+            folder = identity_encoder or paths.DATA_DIR / where / "identity_encoder"
+            encoder = IdentityEncoder.from_pretrained(folder, dtype=DTYPES[dtype])
+        self.generator = PairGenerator(
+            c.vae, c.unet, c.text_encoder, c.tokenizer,
+            controlnet=c.controlnet, image_encoder=c.image_encoder, identity_encoder=encoder,
+            guidance=guidance, s_d=s_d, s_a=s_a, s_b=s_b, steps=steps,
+            s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise,
+        )  # fmt: skip
+        self.bank = PoseBank.load(pose_bank)
+        self.scale = 2 ** (len(c.vae.config.block_out_channels) - 1)
+        settings = {k: v for k, v in self.hparams.items() if k not in ("local_files_only",)}
+        self.config_hash = hashlib.sha256(
+            json.dumps({**settings, "version": __version__}, sort_keys=True).encode()
+        ).hexdigest()[:16]
+
+    def face(self, source: str) -> torch.Tensor:
+        """The identity source's face, float (3, S, S) in [-1, 1]: a world identity's neutral front view
+        (make_face view 0) or a face image file."""
+        size = self.hparams.image_size
+        if source.startswith(f"{WORLD}:"):
+            image = make_face(int(source.split(":", 1)[1]), 0, size=size).image
+            return torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1.0
+        return square_face(load_image(source), size)
+
+    def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
+        size, gen = self.hparams.image_size, self.generator
+        identity = None
+        if self.hparams.use_identity:
+            identity = gen.identity(
+                torch.stack([self.face(job["identity_source"]) for job in batch]).to(self.device)
+            )
+        states = gen.text_states({k: [job[k] for job in batch] for k in ("p", "p_a", "p_b")}, identity)
+        poses = [self.bank.pixels(job["pose_id"], size, size) for job in batch]
+        pose = None
+        if self.hparams.use_pose:
+            drawn = np.stack([draw_pose_pair(k, size, size) for k in poses])  # (B, H, 2W, 3) uint8
+            pose = torch.from_numpy(drawn).permute(0, 3, 1, 2).float().div(255.0).to(self.device)
+        latent_shape = (gen.unet.config.in_channels, size // self.scale, 2 * size // self.scale)
+        noise = torch.stack(
+            [torch.randn(latent_shape, generator=torch.Generator().manual_seed(job["seed"])) for job in batch]
+        ).to(self.device)
+        churn = [
+            torch.Generator(self.device).manual_seed(sample_seed(job["seed"] % 2**31, 1)) for job in batch
+        ]
+        canvas = gen.generate(states, noise, churn, pose)
+        return [self._sample(job, canvas[i], poses[i]) for i, job in enumerate(batch)]
+
+    def _sample(self, job: dict, canvas: torch.Tensor, keypoints: np.ndarray) -> dict:
+        size = self.hparams.image_size
+        image = to_uint8(canvas.cpu())  # (H, 2W, 3)
+        h = self.hparams
+        meta = {
+            **{k: job[k] for k in ("p", "p_a", "p_b", "direction", "task", "gender", "identity_source", "pose_id", "seed", "index")},
+            "scales": {"guidance": h.guidance, "s_d": h.s_d, "s_a": h.s_a, "s_b": h.s_b, "steps": h.steps,
+                       "s_churn": h.s_churn, "s_tmin": h.s_tmin, "s_tmax": h.s_tmax, "s_noise": h.s_noise},
+            "ablations": {"pose": h.use_pose, "identity": h.use_identity},
+            "keypoints": np.round(keypoints, 3).tolist(),
+            "config_hash": self.config_hash,
+            "version": __version__,
+        }  # fmt: skip
+        sample = {
+            "__key__": job["key"],
+            "__index__": job["index"],
+            "__shard__": job["shard"],
+            "__shard_len__": job["shard_len"],
+            "src.png": np.ascontiguousarray(image[:, :size]),
+            "tgt.png": np.ascontiguousarray(image[:, size:]),
+            "json": meta,
+        }
+        if h.use_pose:
+            sample["pose.png"] = draw_pose_pair(keypoints, size, size)[:, :size]
+        return sample
