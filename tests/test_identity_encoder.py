@@ -1,6 +1,5 @@
 """Identity encoder: shapes, CLIP input, storage, retrieval metric, zero-shot gender, and the sd15-scale wiring."""
 
-
 import pytest
 import torch
 from torch.testing import assert_close

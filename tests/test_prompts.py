@@ -66,3 +66,28 @@ def test_bad_or_missing_files_name_the_file(tmp_path):
         "p_a": "a woman, no hat",
         "p_b": "a woman, wearing a cap",
     }
+
+
+def test_descriptions_follow_the_gender_word_in_all_three_prompts():
+    from portrait_edit.data.prompts import person_descriptions
+    from portrait_edit.world.describe import describe_identity
+    from portrait_edit.world.identity import Identity
+
+    prompts = prompts_for("santa", "woman", description="with red hair")
+    assert prompts == {
+        "p": "the same woman with red hair on the left and right",
+        "p_a": "a woman with red hair, normal costume",
+        "p_b": "a woman with red hair, santa claus costume",
+    }
+    assert len(person_descriptions()) >= 20 and all(d.startswith("with ") for d in person_descriptions())
+    person = Identity(
+        gender="man", face_shape="oval", face_width=1.0, skin=(200, 140, 98), hair_style="curly",
+        hair_colour=(30, 25, 25), hair_detail=0.5, eye_colour=(1, 2, 3), glasses="round", beard="full",
+        clothes_style="shirt", clothes_colour=(1, 2, 3), background_top=(1, 2, 3), background_bottom=(1, 2, 3),
+    )  # fmt: skip
+    assert (
+        describe_identity(person)
+        == "with tan skin and curly black hair and round glasses and a full black beard"
+    )
+    with pytest.raises(ValueError, match="commas"):
+        prompts_for("santa", "woman", description="with red hair, blue eyes")

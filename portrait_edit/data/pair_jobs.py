@@ -6,6 +6,10 @@ pairs: the direction cycles through `directions`; the pose id and the identity a
 [seed + 1, i] for i < `identities`, so the same people recur across pairs) or face images in a folder
 (FFHQ: `faces: /path`, genders from a JSON {file stem: man/woman}, e.g. the identity stage's zero-shot
 cache). Prompts p / p_a / p_b come from the task's templates (data/prompts/<task>.json).
+
+Validation-set mode (paper §4): with `identity_samples` = 100 the first 100 pairs carry identity words and
+the rest none, but a detailed person description after the gender word instead (world people: their
+own description, `world.describe`; face folders: one of data/prompts/descriptions/people.json).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import numpy as np
 from portrait_edit.data.faces import IMAGE_SUFFIXES
 from portrait_edit.data.jobs import Job, JobsDataModule, sample_seed
 from portrait_edit.data.pose_bank import PoseBank
-from portrait_edit.data.prompts import prompts_for
+from portrait_edit.data.prompts import person_descriptions, prompts_for
 from portrait_edit.world import DIRECTIONS, TASKS, task_of
+from portrait_edit.world.describe import describe_identity
 from portrait_edit.world.identity import identity_from_seed
 
 WORLD = "world"
@@ -34,6 +39,8 @@ class PairJobsDataModule(JobsDataModule):
     faces: `world` for mini-world identities, or a folder of face images.
     identities: how many distinct world identities to draw from (faces: world).
     genders: JSON {file stem: man/woman} for a face folder.
+    identity_samples: validation-set mode: pairs [0, identity_samples) use identity words, the others a
+        person description instead; None: every pair uses identity words.
     shard_size, batch_size, seed: as in JobsDataModule.
     """
 
@@ -46,6 +53,7 @@ class PairJobsDataModule(JobsDataModule):
         faces: str = WORLD,
         identities: int = 1000,
         genders: str | None = None,
+        identity_samples: int | None = None,
         shard_size: int = 100,
         batch_size: int = 8,
         seed: int = 0,
@@ -60,6 +68,8 @@ class PairJobsDataModule(JobsDataModule):
             )
         self.bank = PoseBank.load(pose_bank)
         self.faces = faces
+        self.identity_samples = identity_samples
+        self.descriptions = person_descriptions() if identity_samples is not None else []
         self.identities = identities
         self.files: list[Path] = []
         self.genders: dict[str, str] = {}
@@ -81,14 +91,19 @@ class PairJobsDataModule(JobsDataModule):
         rng = np.random.default_rng([self.seed, index, 11])
         direction = self.directions[index % len(self.directions)]
         pose_id = int(rng.integers(len(self.bank)))
+        with_identity = self.identity_samples is None or index < self.identity_samples
+        description_draw = int(rng.integers(max(1, len(self.descriptions))))
         if self.faces == WORLD:
             identity_seed = sample_seed(self.seed + 1, int(rng.integers(self.identities)))
-            gender, source = identity_from_seed(identity_seed).gender, f"{WORLD}:{identity_seed}"
+            person = identity_from_seed(identity_seed)
+            gender, source, description = person.gender, f"{WORLD}:{identity_seed}", describe_identity(person)
         else:
             path = self.files[int(rng.integers(len(self.files)))]
             if path.stem not in self.genders:
                 raise ValueError(f"no gender for face {path} in the genders file; add it or drop the image")
             gender, source = self.genders[path.stem], str(path)
+            description = self.descriptions[description_draw] if self.descriptions else None
+        description = None if with_identity else description
         return {
             **job,
             "direction": direction,
@@ -96,5 +111,7 @@ class PairJobsDataModule(JobsDataModule):
             "gender": gender,
             "identity_source": source,
             "pose_id": pose_id,
-            **prompts_for(direction, gender),
+            "with_identity": with_identity,
+            "description": description,
+            **prompts_for(direction, gender, description=description),
         }

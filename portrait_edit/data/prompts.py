@@ -128,14 +128,35 @@ def caption(gender: str, direction: str | None, task: str) -> str:
     return templates.target.format(gender=gender, target=templates.description(direction))
 
 
-def prompts_for(direction: str, gender: str, task: str | None = None) -> dict[str, str]:
+def person_descriptions() -> list[str]:
+    """The shipped person descriptions (data/prompts/descriptions/people.json), each following a gender word."""
+    path = PROMPT_DIR / "descriptions" / "people.json"
+    try:
+        items = json.loads(path.read_text())["descriptions"]
+    except (OSError, KeyError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read the person descriptions in {path}: {exc}") from exc
+    return [str(d) for d in items]
+
+
+def prompts_for(
+    direction: str, gender: str, task: str | None = None, description: str | None = None
+) -> dict[str, str]:
     """The paper's three prompts of one edit: p (shared), p_a (source), p_b (target).
 
     Args:
         direction: edit direction, e.g. "santa".
         gender: the [X] word, e.g. "woman".
         task: task name or prompt-file path; None finds the shipped task listing `direction`.
+        description: a person description following the gender word in all three prompts ("with red
+            hair": "a woman with red hair, santa claus costume"); the gender word stays first, so identity
+            words can still go right before it.
     """
+    if description:
+        if "{" in description or "," in description:
+            raise ValueError(
+                f"a description may hold no braces or commas (the templates split on ','): {description!r}"
+            )
+        gender = f"{_check_gender(gender)} {description}"
     task = task if task is not None else task_for_direction(direction)
     templates = load_templates(task)
     return {

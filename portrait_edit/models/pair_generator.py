@@ -88,22 +88,32 @@ class PairGenerator(nn.Module):
         return encode_identity(self.image_encoder, self.identity_encoder, faces)
 
     def text_states(
-        self, prompts: dict[str, list[str]], identity: torch.Tensor | None
+        self, prompts: dict[str, list[str]], identity: torch.Tensor | None, use: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
-        """{branch: (B or 1, L, D)}: p, p_a, p_b (with c_id spliced before the gender word when given) and
-        the null text "" (no identity: the unconditional branch TextConditioning trained)."""
+        """{branch: (B or 1, L, D)}: p, p_a, p_b and the null text "" (no identity: the unconditional
+        branch TextConditioning trained).
+
+        Args:
+            prompts: {"p", "p_a", "p_b": B prompts each}.
+            identity: c_id (B, K, D) spliced before each prompt's gender word, or None.
+            use: bool (B,): rows that get their c_id (None: all); the others are encoded as written
+                (validation pairs with a description instead of identity words).
+        """
         out = {}
         for name in ("p", "p_a", "p_b"):
-            if identity is None:
-                ids = self.tokenizer(
-                    prompts[name], padding="max_length", max_length=self.tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt",
-                ).input_ids.to(self.text_encoder.device)  # fmt: skip
-                out[name] = self.text_encoder(ids)[0]
-            else:
-                out[name] = encode_prompts_with_identity(
-                    self.text_encoder, self.tokenizer, prompts[name], identity
+            ids = self.tokenizer(
+                prompts[name], padding="max_length", max_length=self.tokenizer.model_max_length,
+                truncation=True, return_tensors="pt",
+            ).input_ids.to(self.text_encoder.device)  # fmt: skip
+            out[name] = self.text_encoder(ids)[0]
+            rows = torch.ones(len(ids), dtype=torch.bool) if use is None else use.cpu().bool()
+            if identity is not None and rows.any():
+                picked = [text for text, keep in zip(prompts[name], rows.tolist()) if keep]
+                spliced = encode_prompts_with_identity(
+                    self.text_encoder, self.tokenizer, picked, identity[rows]
                 )
+                out[name] = out[name].clone()
+                out[name][rows.to(out[name].device)] = spliced
         null = self.tokenizer(
             [""], padding="max_length", max_length=self.tokenizer.model_max_length, return_tensors="pt"
         )

@@ -122,7 +122,8 @@ class PairGenerationSystem(LightningModule):
             identity = gen.identity(
                 torch.stack([self.face(job["identity_source"]) for job in batch]).to(self.device)
             )
-        states = gen.text_states({k: [job[k] for job in batch] for k in ("p", "p_a", "p_b")}, identity)
+        use = torch.tensor([bool(job.get("with_identity", True)) for job in batch])
+        states = gen.text_states({k: [job[k] for job in batch] for k in ("p", "p_a", "p_b")}, identity, use)
         poses = [self.bank.pixels(job["pose_id"], size, size) for job in batch]
         pose = None
         if self.hparams.use_pose:
@@ -144,6 +145,8 @@ class PairGenerationSystem(LightningModule):
         h = self.hparams
         meta = {
             **{k: job[k] for k in ("p", "p_a", "p_b", "direction", "task", "gender", "identity_source", "pose_id", "seed", "index")},
+            "with_identity": bool(job.get("with_identity", True)) and h.use_identity,
+            "description": job.get("description"),
             "scales": {"guidance": h.guidance, "s_d": h.s_d, "s_a": h.s_a, "s_b": h.s_b, "steps": h.steps,
                        "s_churn": h.s_churn, "s_tmin": h.s_tmin, "s_tmax": h.s_tmax, "s_noise": h.s_noise},
             "ablations": {"pose": h.use_pose, "identity": h.use_identity},
