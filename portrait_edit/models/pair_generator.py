@@ -110,7 +110,7 @@ class PairGenerator(nn.Module):
             if identity is not None and rows.any():
                 picked = [text for text, keep in zip(prompts[name], rows.tolist()) if keep]
                 spliced = encode_prompts_with_identity(
-                    self.text_encoder, self.tokenizer, picked, identity[rows]
+                    self.text_encoder, self.tokenizer, picked, identity[rows.to(identity.device)]
                 )
                 out[name] = out[name].clone()
                 out[name][rows.to(out[name].device)] = spliced
