@@ -1,5 +1,6 @@
 """Pair generation on the tiny preset: one batched model call per evaluation, per-seed determinism, shards."""
 
+import json
 import os
 from pathlib import Path
 
@@ -146,3 +147,26 @@ def test_validation_mode_swaps_identity_words_for_descriptions(assets):
         torch.testing.assert_close(states[name][:2], spliced[name][:2])  # identity rows: c_id spliced
     out = s.predict_step(batch, 0)
     assert [o["json"]["with_identity"] for o in out] == [True, True, False, False]
+
+
+def test_identity_filter_drops_pairs_and_the_shards_count_them(assets, tmp_path):
+    from portrait_edit.data.shard_writer import ShardWriter
+
+    batch = jobs(assets, 3)
+    kept = system(assets, min_identity_similarity=-2.0).predict_step(batch, 0)
+    assert all("__filtered__" not in o and -1 <= o["json"]["identity_similarity"] <= 1 for o in kept)
+    dropped = system(assets, min_identity_similarity=2.0).predict_step(batch, 0)
+    assert all(o["__filtered__"].startswith("identity similarity") for o in dropped)
+    writer = ShardWriter(str(tmp_path))
+    writer.on_predict_start(None, None)
+    for sample in [kept[0], dropped[1], kept[2]]:
+        sample["__shard_len__"] = 3
+        writer.write_sample(sample, rank=0)
+    side = json.loads((tmp_path / "pairs-000-000000.json").read_text())
+    assert side["keys"] == [kept[0]["__key__"], kept[2]["__key__"]] and list(side["filtered"]) == [
+        dropped[1]["__key__"]
+    ]
+    manifest = json.loads(Path(writer.write_manifest(0)).read_text())
+    assert (manifest["num_samples"], manifest["num_filtered"]) == (2, 1)
+    with pytest.raises(ValueError, match="needs use_identity"):
+        system(assets, use_identity=False, min_identity_similarity=0.5)

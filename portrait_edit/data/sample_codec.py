@@ -25,7 +25,7 @@ import torch
 from portrait_edit.data.images import decode_image, encode_png, to_tensor
 
 REQUIRED_FIELDS: tuple[str, ...] = ("src.png", "tgt.png", "json")
-BOOKKEEPING = ("__key__", "__index__", "__shard__", "__shard_len__")
+BOOKKEEPING = ("__key__", "__index__", "__shard__", "__shard_len__", "__filtered__")
 
 
 class SampleError(ValueError):

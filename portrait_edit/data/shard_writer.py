@@ -86,6 +86,7 @@ class _OpenShard:
     tar: tarfile.TarFile
     keys: list[str] = field(default_factory=list)
     members: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    filtered: dict[str, str] = field(default_factory=dict)  # key -> why the sample was dropped
     last_index: int = -1
 
 
@@ -94,6 +95,8 @@ class ShardWriter(BasePredictionWriter):
 
     The sample contract is in `portrait_edit.data.sample_codec`; each sample also carries `__index__`,
     `__shard__` and `__shard_len__` copied from its job (ShardedJobs `index`, `shard`, `shard_len`).
+    A sample with `__filtered__` (the reason, a str) counts towards its shard but is not written; the
+    sidecar and the manifest list such samples (e.g. pairs dropped by an identity-similarity filter).
     """
 
     def __init__(self, output_dir: str, prefix: str = "pairs", mtime: int = 0) -> None:
@@ -170,10 +173,16 @@ class ShardWriter(BasePredictionWriter):
                 f"sample {key!r} belongs to shard {shard} (len {shard_len}) but shard {current.shard} is open "
                 f"with {len(current.keys)}/{current.expected} samples; jobs must arrive shard by shard"
             )
-        if index <= current.last_index or key in current.members:
+        if index <= current.last_index or key in current.members or key in current.filtered:
             raise RuntimeError(
                 f"sample {key!r} (index {index}) arrived out of order or twice in shard {shard}"
             )
+        current.last_index = index
+        if sample.get("__filtered__"):
+            current.filtered[key] = str(sample["__filtered__"])
+            if len(current.keys) + len(current.filtered) == current.expected:
+                self._finish(current)
+            return
         for field_name, data in members.items():
             info = tarfile.TarInfo(f"{key}.{field_name}")
             info.size, info.mtime, info.mode = len(data), self.mtime, 0o444
@@ -184,8 +193,7 @@ class ShardWriter(BasePredictionWriter):
         current.members[key] = {
             f: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for f, d in members.items()
         }
-        current.last_index = index
-        if len(current.keys) == current.expected:
+        if len(current.keys) + len(current.filtered) == current.expected:
             self._finish(current)
 
     def _start(self, rank: int, shard: int, shard_len: int) -> _OpenShard:
@@ -216,6 +224,7 @@ class ShardWriter(BasePredictionWriter):
             "shard": shard.shard,
             "count": len(shard.keys),
             "keys": shard.keys,
+            "filtered": shard.filtered,
             "samples": shard.members,
             "tar_sha256": file_sha256(shard.tmp_path),
         }
@@ -266,11 +275,13 @@ class ShardWriter(BasePredictionWriter):
                 log.warning("shard %s has no readable sidecar (%s); left out of %s", name, exc, path)
                 continue
             shards[name] = {k: side[k] for k in ("shard", "count", "keys", "tar_sha256")}
+            shards[name]["filtered"] = len(side.get("filtered", {}))
         manifest = {
             "rank": rank,
             "prefix": self.prefix,
             "num_shards": len(shards),
             "num_samples": sum(s["count"] for s in shards.values()),
+            "num_filtered": sum(s["filtered"] for s in shards.values()),
             "written_this_run": list(self._finished),
             "shards": shards,
         }

@@ -43,6 +43,9 @@ class PairGenerationSystem(LightningModule):
     steps, guidance, s_d, s_a, s_b, s_churn, s_tmin, s_tmax, s_noise: sampling (PairGenerator).
     use_pose: condition on the pose (False: the "no pose" ablation, no ControlNet).
     use_identity: splice c_id into the prompts (False: the "no identity" ablation).
+    min_identity_similarity: drop pairs whose left / right identity similarity (cosine of their c_id,
+        recorded for every pair as `identity_similarity`) is below this; None keeps all. Dropped pairs
+        are counted in the shard sidecars and manifests.
     dtype: float32, float16 or bfloat16 weights.
     local_files_only: for hub ids, never touch the network (None: the HF_HUB_OFFLINE setting).
     """
@@ -66,12 +69,15 @@ class PairGenerationSystem(LightningModule):
         s_noise: float = 1.007,
         use_pose: bool = True,
         use_identity: bool = True,
+        min_identity_similarity: float | None = None,
         dtype: str = "float32",
         local_files_only: bool | None = None,
     ) -> None:
         super().__init__()
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if min_identity_similarity is not None and not use_identity:
+            raise ValueError("min_identity_similarity compares c_id of the halves: it needs use_identity")
         self.save_hyperparameters()
         parts = ("vae", "unet", "text_encoder", "tokenizer")
         parts += ("controlnet",) if use_pose else ()
@@ -137,9 +143,15 @@ class PairGenerationSystem(LightningModule):
             torch.Generator(self.device).manual_seed(sample_seed(job["seed"] % 2**31, 1)) for job in batch
         ]
         canvas = gen.generate(states, noise, churn, pose)
-        return [self._sample(job, canvas[i], poses[i]) for i, job in enumerate(batch)]
+        similarity = [None] * len(batch)
+        if self.hparams.use_identity:
+            left, right = (gen.identity(half).flatten(1) for half in canvas.split(size, dim=-1))
+            similarity = torch.nn.functional.cosine_similarity(left, right, dim=1).tolist()
+        return [self._sample(job, canvas[i], poses[i], similarity[i]) for i, job in enumerate(batch)]
 
-    def _sample(self, job: dict, canvas: torch.Tensor, keypoints: np.ndarray) -> dict:
+    def _sample(
+        self, job: dict, canvas: torch.Tensor, keypoints: np.ndarray, similarity: float | None
+    ) -> dict:
         size = self.hparams.image_size
         image = to_uint8(canvas.cpu())  # (H, 2W, 3)
         h = self.hparams
@@ -151,6 +163,7 @@ class PairGenerationSystem(LightningModule):
                        "s_churn": h.s_churn, "s_tmin": h.s_tmin, "s_tmax": h.s_tmax, "s_noise": h.s_noise},
             "ablations": {"pose": h.use_pose, "identity": h.use_identity},
             "keypoints": np.round(keypoints, 3).tolist(),
+            "identity_similarity": None if similarity is None else round(similarity, 5),
             "config_hash": self.config_hash,
             "version": __version__,
         }  # fmt: skip
@@ -163,6 +176,9 @@ class PairGenerationSystem(LightningModule):
             "tgt.png": np.ascontiguousarray(image[:, size:]),
             "json": meta,
         }
+        threshold = h.min_identity_similarity
+        if threshold is not None and similarity < threshold:
+            sample["__filtered__"] = f"identity similarity {similarity:.3f} < {threshold}"
         if h.use_pose:
             sample["pose.png"] = draw_pose_pair(keypoints, size, size)[:, :size]
         return sample
