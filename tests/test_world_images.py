@@ -35,7 +35,11 @@ def datamodule(shards):
 
 def test_batches_follow_the_contract(datamodule):
     batch = next(iter(datamodule.train_dataloader()))
-    assert set(batch) == {"image", "caption", "label", "gender", "pose", "keypoints"}
+    assert set(batch) == {"image", "caption", "label", "gender", "pose", "keypoints", "skin", "hair"}
+    assert (
+        batch["skin"].shape == batch["hair"].shape == (4, 3)
+        and 0 <= batch["skin"].min() <= batch["skin"].max() <= 1
+    )
     assert batch["image"].shape == batch["pose"].shape == (4, 3, 64, 64)
     assert batch["image"].dtype == batch["pose"].dtype == torch.float32
     for name in ("image", "pose"):
@@ -64,6 +68,8 @@ def test_each_pair_gives_its_source_and_its_exact_target(datamodule):
         assert torch.equal(src["image"], torch.from_numpy(pair.src).permute(2, 0, 1).float() / 127.5 - 1)
         assert torch.equal(tgt["image"], torch.from_numpy(pair.gt).permute(2, 0, 1).float() / 127.5 - 1)
         assert torch.equal(src["pose"], tgt["pose"])
+        skin, hair = (torch.tensor(pair.meta["identity"][k]) / 255.0 for k in ("skin", "hair_colour"))
+        assert torch.equal(src["skin"], skin) and torch.equal(tgt["hair"], hair)
         expected = pose_keypoints(Pose.from_dict(pair.meta["pose"]), 64)
         np.testing.assert_allclose(src["keypoints"].numpy(), expected)
         np.testing.assert_allclose(tgt["keypoints"].numpy(), pair.keypoints)

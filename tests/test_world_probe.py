@@ -33,6 +33,8 @@ def world_pairs(n: int, size: int = SIZE) -> PairArrays:
         p_b=[p.prompts["p_b"] for p in pairs],
         labels=np.asarray([1 + DIRECTIONS.index(p.direction) for p in pairs]),
         genders=[p.gender for p in pairs],
+        skin=np.asarray([p.meta["identity"]["skin"] for p in pairs], np.uint8),
+        hair=np.asarray([p.meta["identity"]["hair_colour"] for p in pairs], np.uint8),
     )
 
 
@@ -126,5 +128,25 @@ def test_config_and_targets_refuse_bad_values():
         WorldProbeConfig(channels=[8, 16, 16], image_size=36)
     with pytest.raises(ValueError, match="targets"):
         WorldProbeConfig(targets={})
-    with pytest.raises(ValueError, match="skin_rgb"):
+    with pytest.raises(ValueError, match="skin_rgb"):  # a batch without the skin field
         probe_targets({"keypoints": torch.zeros(1, 18, 3)}, {"skin_rgb": 3}, SIZE)
+    with pytest.raises(ValueError, match="eye_rgb"):
+        probe_targets({"keypoints": torch.zeros(1, 18, 3)}, {"eye_rgb": 3}, SIZE)
+
+
+def test_colour_targets_read_the_identity_and_log_their_error(loader, tmp_path):
+    targets = {"nose_xy": 2, "skin_rgb": 3, "hair_rgb": 3}
+    system = WorldProbeSystem(channels=CHANNELS, targets=targets, lr=1e-3)
+    batch = next(iter(loader))
+    got = probe_targets(batch, targets, SIZE)
+    pair = make_pair(2000, DIRECTIONS[0], size=SIZE)
+    torch.testing.assert_close(got["skin_rgb"][0], torch.tensor(pair.meta["identity"]["skin"]) / 255.0)
+    torch.testing.assert_close(got["hair_rgb"][1], torch.tensor(pair.meta["identity"]["hair_colour"]) / 255.0)
+    trainer = Trainer(max_steps=1, val_check_interval=1, limit_val_batches=1, num_sanity_val_steps=0,
+                      enable_checkpointing=False, default_root_dir=str(tmp_path), **QUIET)  # fmt: skip
+    trainer.fit(system, train_dataloaders=loader, val_dataloaders=loader)
+    with torch.no_grad():
+        predicted = system.probe.eval()(batch["image"])
+    expected = (predicted["skin_rgb"] - got["skin_rgb"]).abs().mean() * 255
+    assert float(trainer.callback_metrics["val/skin_mae"]) == pytest.approx(float(expected), rel=1e-5)
+    assert "val/hair_mae" in trainer.callback_metrics

@@ -12,6 +12,8 @@ A batch (the contract shared by the VAE, CLIP, classifier and diffusion systems)
     gender     list[str] of B words ("man" / "woman")
     pose       float (B, 3, H, W) in [-1, 1], the OpenPose drawing
     keypoints  float (B, 18, 3): x, y in pixels of the H x W image and visibility (world.pose_keypoints)
+    skin       float (B, 3): the person's skin colour, RGB in [0, 1] (world identity)
+    hair       float (B, 3): the person's hair colour, RGB in [0, 1] (world identity)
 
 The shards are read once into memory as uint8 (12,000 pairs are about 300 MB) and served by map-style
 datasets, so Lightning's DistributedSampler splits them across ranks. Horizontal flips are never applied:
@@ -80,6 +82,8 @@ class PairArrays:
     p_b: list[str]
     labels: np.ndarray  # int64 (N,): label of gt (1..8)
     genders: list[str]
+    skin: np.ndarray  # uint8 (N, 3): the identity's skin colour
+    hair: np.ndarray  # uint8 (N, 3): the identity's hair colour
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -96,6 +100,8 @@ class PairArrays:
             p_b=[self.p_b[i] for i in pick],
             labels=self.labels[index],
             genders=[self.genders[i] for i in pick],
+            skin=self.skin[index],
+            hair=self.hair[index],
         )
 
 
@@ -137,9 +143,11 @@ def read_pairs(shards: str, image_size: int = 64, max_error_rate: float = 0.05) 
                 pose = draw_pose(keypoints, image_size, image_size)
             src = _resized(to_uint8(sample["src.png"]), image_size)
             gt = _resized(to_uint8(sample["gt.png"]), image_size)
+            person = meta["world"]["identity"]
             rows.append(
-                (sample["__key__"], src, gt, pose, keypoints, meta["p_a"], meta["p_b"], label, meta["gender"])
-            )
+                (sample["__key__"], src, gt, pose, keypoints, meta["p_a"], meta["p_b"], label, meta["gender"],
+                 person["skin"], person["hair_colour"])
+            )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             # A sample without world meta or prompts is as unusable as a corrupt one.
             handler(
@@ -151,7 +159,7 @@ def read_pairs(shards: str, image_size: int = 64, max_error_rate: float = 0.05) 
         "read %d pairs from %d shard(s) at %s (%d skipped)", len(rows), len(urls), shards, handler.skipped
     )
     rows.sort(key=lambda row: row[0])
-    keys, src, gt, pose, kps, p_a, p_b, labels, genders = zip(*rows)
+    keys, src, gt, pose, kps, p_a, p_b, labels, genders, skin, hair = zip(*rows)
     return PairArrays(
         keys=list(keys),
         src=np.stack(src),
@@ -162,6 +170,8 @@ def read_pairs(shards: str, image_size: int = 64, max_error_rate: float = 0.05) 
         p_b=list(p_b),
         labels=np.asarray(labels, np.int64),
         genders=list(genders),
+        skin=np.asarray(skin, np.uint8),
+        hair=np.asarray(hair, np.uint8),
     )
 
 
@@ -189,6 +199,8 @@ class WorldImagesDataset(Dataset):
             "gender": p.genders[k],
             "pose": _to_float(p.pose[k]),
             "keypoints": torch.from_numpy(p.keypoints[k]),
+            "skin": torch.from_numpy(p.skin[k]).float() / 255.0,
+            "hair": torch.from_numpy(p.hair[k]).float() / 255.0,
         }
 
 

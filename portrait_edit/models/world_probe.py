@@ -1,4 +1,5 @@
-"""A small CNN that reads named quantities off a mini-world portrait; now the head position (`nose_xy`).
+"""A small CNN that reads named quantities off a mini-world portrait: the head position (`nose_xy`) and,
+when trained for them, the skin and hair colour (`skin_rgb`, `hair_rgb`).
 
 Generated images carry no keypoints, so the pose ControlNet's metric (generated head centre vs the pose's
 head keypoint) needs a learned reader: `locate_head` gives the nose keypoint in pixels. Each target is a

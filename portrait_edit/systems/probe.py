@@ -1,6 +1,7 @@
-"""Trains the world probe (`WorldProbe`: the nose position of a mini-world portrait) on world images: the
-reader behind the pose ControlNet's head-position metric. MSE on normalised targets (keypoint / image
-side); val/nose_px_median is the median pixel error over the whole validation set."""
+"""Trains the world probe (`WorldProbe`) on world images: it reads the nose position (the pose ControlNet's
+head-position metric) and, when configured, the skin and hair colour (the attribute reader of the identity
+evaluation). MSE on normalised targets (keypoint / image side, colour / 255); val/nose_px_median is the
+median pixel error, val/<target>_mae the mean absolute colour error in 0..255 units."""
 
 from __future__ import annotations
 
@@ -18,10 +19,14 @@ from portrait_edit.systems.schedules import one_cycle
 log = logging.getLogger(__name__)
 
 
+COLOURS = {"skin_rgb": "skin", "hair_rgb": "hair"}  # colour target -> its batch field
+
+
 def probe_targets(batch: dict, targets: dict[str, int], image_size: int) -> dict[str, torch.Tensor]:
     """Normalised regression targets of a world-images batch, one float (B, size) per target name.
 
     nose_xy: keypoints[:, 0, :2] / image_size (the nose, OpenPose index 0, as fractions of the side).
+    skin_rgb, hair_rgb: the identity's skin / hair colour, RGB in [0, 1].
 
     Raises:
         ValueError: a target this function cannot read off a batch (add it here with its source).
@@ -30,9 +35,12 @@ def probe_targets(batch: dict, targets: dict[str, int], image_size: int) -> dict
     for name, size in targets.items():
         if name == NOSE and size == 2:
             out[name] = batch["keypoints"][:, 0, :2].float() / image_size
+        elif name in COLOURS and size == 3 and COLOURS[name] in batch:
+            out[name] = batch[COLOURS[name]].float()
         else:
             raise ValueError(
-                f"no batch field gives the probe target {name!r} of size {size}; known: {NOSE}: 2"
+                f"no batch field gives the probe target {name!r} of size {size}; known: {NOSE}: 2, "
+                + ", ".join(f"{c}: 3" for c in COLOURS)
             )
     return out
 
@@ -60,6 +68,7 @@ class WorldProbeSystem(LightningModule):
     def __init__(
         self,
         channels: list[int] | None = None,
+        targets: dict[str, int] | None = None,
         lr: float = 2e-3,
         weight_decay: float = 1e-4,
         warmup_fraction: float = 0.05,
@@ -70,6 +79,8 @@ class WorldProbeSystem(LightningModule):
         """
         Args:
             channels: stage widths of the CNN (None: WorldProbeConfig's default).
+            targets: what the probe reads, name -> size (None: {"nose_xy": 2}; add "skin_rgb": 3 and
+                "hair_rgb": 3 for the attribute reader).
             lr: peak AdamW learning rate (one-cycle schedule: warmup, then cosine decay to lr / 100).
             weight_decay: AdamW weight decay.
             warmup_fraction: fraction of the steps spent warming up.
@@ -81,7 +92,8 @@ class WorldProbeSystem(LightningModule):
         if lr <= 0 or not 0 <= warmup_fraction < 1:
             raise ValueError(f"need lr > 0 and 0 <= warmup_fraction < 1; got {lr}, {warmup_fraction}")
         self.save_hyperparameters()
-        config = WorldProbeConfig() if channels is None else WorldProbeConfig(channels=channels)
+        given = {k: v for k, v in (("channels", channels), ("targets", targets)) if v is not None}
+        config = WorldProbeConfig(**given)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.probe = WorldProbe(config)
@@ -113,6 +125,9 @@ class WorldProbeSystem(LightningModule):
         self.log("val/loss", loss, batch_size=size, sync_dist=True)
         side = self.probe.config.image_size
         self._val_errors.append(pixel_errors(predicted[NOSE] * side, targets[NOSE] * side).detach())
+        for name in COLOURS.keys() & targets.keys():
+            mae = (predicted[name] - targets[name]).abs().mean() * 255.0
+            self.log(f"val/{name.removesuffix('_rgb')}_mae", mae, batch_size=size, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_errors:
