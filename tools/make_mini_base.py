@@ -56,7 +56,10 @@ def git_revision() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", ".", ":(exclude)data/mini"], cwd=REPO_ROOT, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--", ".", ":(exclude)data/mini"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
         )
     except OSError:
         return "unknown"
@@ -74,6 +77,15 @@ def metrics_of(trainer) -> dict[str, float]:
     return {k: round(float(v), 6) for k, v in sorted(trainer.callback_metrics.items()) if v.numel() == 1}
 
 
+def finish_wandb_run() -> None:
+    """Close the W&B run a stage's WandbLogger opened. Lightning leaves it open after fit, and wandb.init
+    in the same process then hands back that run: every later stage would log into the first one's."""
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()
+
+
 def run_stage(name: str, subcommand: str, config: str, extra: list[str]) -> dict:
     """Run one stage in-process (with `extra` command-line overrides); returns its manifest entry."""
     args = [subcommand, "--config", str(REPO_ROOT / config), *extra]
@@ -81,7 +93,10 @@ def run_stage(name: str, subcommand: str, config: str, extra: list[str]) -> dict
         args.append("--ckpt_path=last")  # resume from the fixed run dir's last.ckpt if there is one
     print(f"\n=== {name}: portrait-edit {' '.join(args)}", flush=True)
     start = time.time()
-    cli = PortraitCLI(args=args)
+    try:
+        cli = PortraitCLI(args=args)
+    finally:
+        finish_wandb_run()
     wall = time.time() - start
     entry = {
         "command": "portrait-edit " + " ".join(args).replace(str(REPO_ROOT) + os.sep, ""),
