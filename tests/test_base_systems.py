@@ -3,7 +3,6 @@ each on tiny configs, and export / load round trips."""
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,7 +20,7 @@ from portrait_edit.paths import PRESETS_DIR
 from portrait_edit.systems.classifier import DirectionClassifierSystem, accuracy
 from portrait_edit.systems.clip import CLIPSystem, image_classes, multi_positive_loss, retrieval_top1
 from portrait_edit.systems.vae import VAESystem, kl_per_element
-from portrait_edit.world import DIRECTIONS, draw_pose, make_pair
+from portrait_edit.world import DIRECTIONS, make_pair
 
 SIZE = 32  # the tiny image encoder's input size
 QUIET = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
@@ -29,17 +28,8 @@ QUIET = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_
 
 def world_pairs(n: int, size: int = SIZE) -> PairArrays:
     """n mini-world pairs in memory (the arrays `read_pairs` builds from shards), directions cycling."""
-    pairs = [make_pair(1000 + i, DIRECTIONS[i % len(DIRECTIONS)], size=size) for i in range(n)]
-    return PairArrays(
-        keys=[f"{i:09d}" for i in range(n)],
-        src=np.stack([p.src for p in pairs]),
-        gt=np.stack([p.gt for p in pairs]),
-        pose=np.stack([draw_pose(p.keypoints, size, size) for p in pairs]),
-        keypoints=np.stack([p.keypoints for p in pairs]),
-        p_a=[p.prompts["p_a"] for p in pairs],
-        p_b=[p.prompts["p_b"] for p in pairs],
-        labels=np.asarray([1 + DIRECTIONS.index(p.direction) for p in pairs]),
-        genders=[p.gender for p in pairs],
+    return PairArrays.from_pairs(
+        [make_pair(1000 + i, DIRECTIONS[i % len(DIRECTIONS)], size=size) for i in range(n)]
     )
 
 

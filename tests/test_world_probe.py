@@ -3,7 +3,6 @@ convention of `locate_head` and the validation median, each against hand-built v
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer
@@ -13,7 +12,7 @@ from torch.utils.data import DataLoader
 from portrait_edit.data.world_images import PairArrays, WorldImagesDataset
 from portrait_edit.models.world_probe import WorldProbe, WorldProbeConfig
 from portrait_edit.systems.probe import WorldProbeSystem, median, pixel_errors, probe_targets
-from portrait_edit.world import DIRECTIONS, draw_pose, make_pair
+from portrait_edit.world import DIRECTIONS, make_pair
 
 SIZE = 64  # the probe's default image side
 CHANNELS = [8, 16]
@@ -22,19 +21,8 @@ QUIET = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_
 
 def world_pairs(n: int, size: int = SIZE) -> PairArrays:
     """n mini-world pairs in memory (the arrays `read_pairs` builds from shards), directions cycling."""
-    pairs = [make_pair(2000 + i, DIRECTIONS[i % len(DIRECTIONS)], size=size) for i in range(n)]
-    return PairArrays(
-        keys=[f"{i:09d}" for i in range(n)],
-        src=np.stack([p.src for p in pairs]),
-        gt=np.stack([p.gt for p in pairs]),
-        pose=np.stack([draw_pose(p.keypoints, size, size) for p in pairs]),
-        keypoints=np.stack([p.keypoints for p in pairs]),
-        p_a=[p.prompts["p_a"] for p in pairs],
-        p_b=[p.prompts["p_b"] for p in pairs],
-        labels=np.asarray([1 + DIRECTIONS.index(p.direction) for p in pairs]),
-        genders=[p.gender for p in pairs],
-        skin=np.asarray([p.meta["identity"]["skin"] for p in pairs], np.uint8),
-        hair=np.asarray([p.meta["identity"]["hair_colour"] for p in pairs], np.uint8),
+    return PairArrays.from_pairs(
+        [make_pair(2000 + i, DIRECTIONS[i % len(DIRECTIONS)], size=size) for i in range(n)]
     )
 
 

@@ -34,10 +34,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from portrait_edit.data.error_handler import CountingErrorHandler
 from portrait_edit.data.images import to_uint8
+from portrait_edit.data.jobs import sample_key
 from portrait_edit.data.prompts import caption
 from portrait_edit.data.sample_codec import decode_sample
 from portrait_edit.data.shard_pipeline import iter_samples, resolve_shards
-from portrait_edit.world import DIRECTIONS, TASKS, Pose, draw_pose, pose_keypoints, task_of
+from portrait_edit.world import DIRECTIONS, TASKS, Pose, WorldPair, draw_pose, pose_keypoints, task_of
 from portrait_edit.world.identity import GENDERS
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,25 @@ class PairArrays:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    @classmethod
+    def from_pairs(cls, pairs: list[WorldPair]) -> PairArrays:
+        """The arrays of rendered world pairs held in memory (no shards), keyed by position, e.g. for a
+        quick experiment or a test; the same fields `read_pairs` fills from shards."""
+        size = pairs[0].src.shape[0]
+        return cls(
+            keys=[sample_key(i) for i in range(len(pairs))],
+            src=np.stack([p.src for p in pairs]),
+            gt=np.stack([p.gt for p in pairs]),
+            pose=np.stack([draw_pose(p.keypoints, size, size) for p in pairs]),
+            keypoints=np.stack([p.keypoints for p in pairs]).astype(np.float32),
+            p_a=[p.prompts["p_a"] for p in pairs],
+            p_b=[p.prompts["p_b"] for p in pairs],
+            labels=np.asarray([1 + DIRECTIONS.index(p.direction) for p in pairs], np.int64),
+            genders=[p.gender for p in pairs],
+            skin=np.asarray([p.meta["identity"]["skin"] for p in pairs], np.uint8),
+            hair=np.asarray([p.meta["identity"]["hair_colour"] for p in pairs], np.uint8),
+        )
 
     def subset(self, index: np.ndarray) -> PairArrays:
         pick = [int(i) for i in index]

@@ -1,22 +1,18 @@
 """A small CNN that tells which edit a mini-world portrait shows: 0 source, 1..8 the DIRECTIONS in order.
 
 Later stages use it as the edit-fidelity metric (`predict_directions` on edited images). Stored as
-`config.json` + `model.safetensors` in one folder (`save_pretrained` / `from_pretrained`).
+`config.json` + `model.safetensors` in one folder (`FolderModel.save_pretrained` / `from_pretrained`).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from portrait_edit.models.folder_model import FolderModel
 from portrait_edit.world import DIRECTIONS
-
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 
 @dataclass
@@ -54,8 +50,11 @@ def _stage(c_in: int, c_out: int, groups: int) -> nn.Sequential:
     )
 
 
-class DirectionClassifier(nn.Module):
+class DirectionClassifier(FolderModel):
     """images float (B, 3, H, W) in [-1, 1] -> logits (B, len(labels))."""
+
+    config_class = DirectionClassifierConfig
+    made_by = "train one (portrait-edit fit --config configs/mini/base_classifier.yaml)"
 
     def __init__(self, config: DirectionClassifierConfig | None = None) -> None:
         """
@@ -88,31 +87,3 @@ class DirectionClassifier(nn.Module):
         ]
         self.train(was_training)
         return torch.cat(out).to(images.device)
-
-    def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write `config.json` and `model.safetensors` (weights cast to `dtype` when given) into `folder`."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {
-            k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous()
-            for k, v in self.state_dict().items()
-        }
-        save_file(state, folder / WEIGHTS_NAME)
-        (folder / CONFIG_NAME).write_text(
-            json.dumps({"_class_name": type(self).__name__, **asdict(self.config)}, indent=2) + "\n"
-        )
-        return folder
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> DirectionClassifier:
-        """Load a folder written by `save_pretrained`; weights as `dtype`, in eval mode."""
-        folder = Path(folder)
-        if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
-            raise ValueError(
-                f"{folder} holds no {CONFIG_NAME} + {WEIGHTS_NAME}; export a classifier there first"
-            )
-        raw = json.loads((folder / CONFIG_NAME).read_text())
-        raw.pop("_class_name", None)
-        model = cls(DirectionClassifierConfig(**raw))
-        model.load_state_dict(load_file(folder / WEIGHTS_NAME))
-        return model.to(dtype).eval()

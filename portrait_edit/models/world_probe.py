@@ -5,23 +5,19 @@ Generated images carry no keypoints, so the pose ControlNet's metric (generated 
 head keypoint) needs a learned reader: `locate_head` gives the nose keypoint in pixels. Each target is a
 named slice of one output vector, predicted in normalised units (positions as fractions of the image
 side), so more targets (skin or hair colour) are new config entries, not a new model. Stored as
-`config.json` + `model.safetensors` in one folder (`save_pretrained` / `from_pretrained`).
+`config.json` + `model.safetensors` in one folder (`FolderModel.save_pretrained` / `from_pretrained`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from portrait_edit.models.direction_classifier import _stage
+from portrait_edit.models.folder_model import FolderModel
 
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 NOSE = "nose_xy"  # the head-position target: the nose keypoint (OpenPose COCO-18 index 0)
 
 
@@ -63,8 +59,11 @@ class WorldProbeConfig:
         return self.image_size // 2 ** len(self.channels)
 
 
-class WorldProbe(nn.Module):
+class WorldProbe(FolderModel):
     """images float (B, 3, S, S) in [-1, 1] -> {target name: float (B, size)} in normalised units."""
+
+    config_class = WorldProbeConfig
+    made_by = "train one (portrait-edit fit --config configs/mini/base_probe.yaml)"
 
     def __init__(self, config: WorldProbeConfig | None = None) -> None:
         """
@@ -110,39 +109,3 @@ class WorldProbe(nn.Module):
         self.train(was_training)
         # Targets are keypoint / side, so the pixel convention of the keypoints carries over unchanged.
         return torch.cat(out).to(images.device) * self.config.image_size
-
-    def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write `config.json` and `model.safetensors` (weights cast to `dtype` when given) into `folder`.
-
-        Each file is written under a temporary name and then renamed, so an interrupted export never
-        leaves a half-written file under the final name.
-        """
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {
-            k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous()
-            for k, v in self.state_dict().items()
-        }
-        save_file(state, folder / f".{WEIGHTS_NAME}.tmp")
-        config = {"_class_name": type(self).__name__, **asdict(self.config)}
-        (folder / f".{CONFIG_NAME}.tmp").write_text(json.dumps(config, indent=2) + "\n")
-        # Weights first: a config.json beside them means both are complete.
-        os.replace(folder / f".{WEIGHTS_NAME}.tmp", folder / WEIGHTS_NAME)
-        os.replace(folder / f".{CONFIG_NAME}.tmp", folder / CONFIG_NAME)
-        return folder
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> WorldProbe:
-        """Load a folder written by `save_pretrained`; weights as `dtype`, in eval mode."""
-        folder = Path(folder)
-        if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
-            raise ValueError(
-                f"{folder} holds no {CONFIG_NAME} + {WEIGHTS_NAME}; export a world probe there first "
-                f"(portrait-edit fit --config configs/mini/base_probe.yaml)"
-            )
-        raw = json.loads((folder / CONFIG_NAME).read_text())
-        if raw.pop("_class_name", cls.__name__) != cls.__name__:
-            raise ValueError(f"{folder / CONFIG_NAME} does not describe a {cls.__name__}")
-        model = cls(WorldProbeConfig(**raw))
-        model.load_state_dict(load_file(folder / WEIGHTS_NAME))
-        return model.to(dtype).eval()
