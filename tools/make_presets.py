@@ -140,7 +140,15 @@ _TINY_UNET = _unet((4, 8), 2, 32, 8, 1, 32, (PLAIN_DOWN, CROSS_DOWN), (CROSS_UP,
 # 8 latent channels (not SD's 4): at a x4 downscale the 4-channel VAE blurred the faces' few-pixel features
 # (eyes, mouth, glasses), 26.9 dB after its training budget; 8 channels train faster for the same cost.
 _MINI_UNET = _unet(
-    (32, 64, 128), 1, 64, 4, 8, 16, (PLAIN_DOWN, CROSS_DOWN, CROSS_DOWN), (CROSS_UP, CROSS_UP, PLAIN_UP), latent=8
+    (32, 64, 128),
+    1,
+    64,
+    4,
+    8,
+    16,
+    (PLAIN_DOWN, CROSS_DOWN, CROSS_DOWN),
+    (CROSS_UP, CROSS_UP, PLAIN_UP),
+    latent=8,
 )
 _SD15_UNET = _unet(
     (320, 640, 1280, 1280),
