@@ -13,8 +13,10 @@ trained part into data/mini/ at the end of fit through its system's `export_dir`
 Then the scheduler config is copied and `data/mini/manifest.json` records, per stage, the command, the
 config and its sha256, the git revision, steps, wall time and final metrics.
 
-Resumable: a stage whose manifest entry matches its config's hash is skipped; an interrupted `fit` resumes
-from its `last.ckpt` (fixed run directory). `--force STAGE` retrains one stage.
+Resumable: a stage whose manifest entry matches its config's hash is skipped; a `fit` whose config changed
+or that was interrupted resumes from its `last.ckpt` (fixed run directory: more steps continue where the
+last run ended). `--force STAGE` retrains one stage from scratch (its old checkpoints are moved aside), as
+a change of architecture needs.
 
     python tools/make_mini_base.py [--force unet] [--only vae clip]
     python tools/make_mini_base.py --fit-args "--trainer.accelerator=gpu --trainer.precision=bf16-mixed"
@@ -34,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from portrait_edit.cli import PortraitCLI
 from portrait_edit.data.shard_writer import atomic_write_json
@@ -86,8 +89,40 @@ def finish_wandb_run() -> None:
         wandb.finish()
 
 
-def run_stage(name: str, subcommand: str, config: str, extra: list[str]) -> dict:
-    """Run one stage in-process (with `extra` command-line overrides); returns its manifest entry."""
+def checkpoint_dir(config: str) -> Path | None:
+    """The ModelCheckpoint dirpath of a fit config (where `--ckpt_path=last` looks), or None."""
+    data = yaml.safe_load((REPO_ROOT / config).read_text())
+    for callback in (data.get("trainer") or {}).get("callbacks") or []:
+        if callback.get("class_path", "").endswith("ModelCheckpoint"):
+            return REPO_ROOT / callback["init_args"]["dirpath"]
+    return None
+
+
+def last_checkpoint_step(config: str) -> int | None:
+    """The global step of the `last.ckpt` a fit config resumes from, or None."""
+    folder = checkpoint_dir(config)
+    if folder is None or not (folder / "last.ckpt").is_file():
+        return None
+    return int(torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)["global_step"])
+
+
+def set_aside_checkpoints(config: str) -> None:
+    """Move a fit config's checkpoints to `<dirpath>.old-<time>` so the stage starts from scratch (a
+    --force'd stage; kept, not deleted, in case they are wanted)."""
+    folder = checkpoint_dir(config)
+    if folder is not None and folder.is_dir():
+        target = folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        folder.rename(target)
+        print(f"=== moved the old checkpoints to {target}", flush=True)
+
+
+def run_stage(name: str, subcommand: str, config: str, extra: list[str], previous: dict) -> dict:
+    """Run one stage in-process (with `extra` command-line overrides); returns its manifest entry.
+
+    A fit that resumes from its run dir's last.ckpt (an interrupted run, or more steps asked of a finished
+    one) records the step it resumed from, and adds the previous entry's wall time to its own in
+    `wall_time_total_s` (the previous entry's time counts only when it made that checkpoint)."""
+    resumed = last_checkpoint_step(config) if subcommand == "fit" else None
     args = [subcommand, "--config", str(REPO_ROOT / config), *extra]
     if subcommand == "fit":
         args.append("--ckpt_path=last")  # resume from the fixed run dir's last.ckpt if there is one
@@ -108,6 +143,11 @@ def run_stage(name: str, subcommand: str, config: str, extra: list[str]) -> dict
     }
     if subcommand == "fit":
         entry.update(steps=cli.trainer.global_step, metrics=metrics_of(cli.trainer))
+    before = previous.get("wall_time_total_s", previous.get("wall_time_s", 0.0)) if resumed else 0.0
+    if resumed is not None and previous.get("steps") != resumed:
+        before = None  # the checkpoint came from a run the manifest does not describe: its time is unknown
+    entry.update(resumed_from_step=resumed, wall_time_before_s=before)
+    entry["wall_time_total_s"] = round(wall + before, 1) if before is not None else None
     return entry
 
 
@@ -140,13 +180,17 @@ def main(argv: list[str] | None = None) -> int:
         if name not in args.force and done.get("config_sha256") == file_sha256(REPO_ROOT / config):
             print(f"=== {name}: up to date ({done.get('revision', '?')}), skipped; --force {name} to redo")
             continue
-        manifest["stages"][name] = run_stage(name, subcommand, config, extra[subcommand])
+        if name in args.force and subcommand == "fit":
+            set_aside_checkpoints(config)
+        manifest["stages"][name] = run_stage(name, subcommand, config, extra[subcommand], done)
         atomic_write_json(manifest_path, manifest)  # after every stage, so an interruption loses nothing
     shutil.copytree(PRESETS_DIR / "mini" / "scheduler", out / "scheduler", dirs_exist_ok=True)
     manifest.update(
         made_by="make mini-base (tools/make_mini_base.py)",
         torch=torch.__version__,
-        total_wall_time_s=round(sum(s.get("wall_time_s", 0) for s in manifest["stages"].values()), 1),
+        total_wall_time_s=round(
+            sum(s.get("wall_time_total_s") or s.get("wall_time_s", 0) for s in manifest["stages"].values()), 1
+        ),
     )
     atomic_write_json(manifest_path, manifest)
     print(f"\nmini base models in {out} ({time.time() - total:.0f} s this run); manifest: {manifest_path}")
