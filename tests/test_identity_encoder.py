@@ -46,6 +46,16 @@ def test_encoder_maps_clip_tokens_to_k_words_and_round_trips(tiny_sd, tmp_path):
         encoder(torch.zeros(1, 4, 16))
 
 
+@pytest.mark.parametrize("layer", [-1, -2, 0, 3])
+def test_clip_tokens_equal_transformers_hidden_states(tiny_sd, layer):
+    faces = torch.rand(2, 3, 32, 32) * 2 - 1
+    config = tiny_config(clip_layer=layer, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    pixels = clip_pixels(faces, 32, [0.5] * 3, [0.5] * 3)
+    with torch.no_grad():
+        expected = tiny_sd.image_encoder(pixel_values=pixels, output_hidden_states=True).hidden_states[layer]
+        assert_close(clip_tokens(tiny_sd.image_encoder, faces, config), expected)
+
+
 def test_retrieval_top1_hand_example():
     features = torch.tensor([[1.0, 0.0], [0.9, -0.1], [0.0, 1.0], [0.2, 1.0], [1.0, 0.05]])
     identities = torch.tensor([0, 0, 1, 1, 2])

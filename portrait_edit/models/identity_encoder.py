@@ -124,12 +124,34 @@ def clip_tokens(
     config: IdentityEncoderConfig,
 ) -> torch.Tensor:
     """The CLIP tokens the identity encoder reads: hidden state `clip_layer` of faces (B, 3, H, W) in
-    [-1, 1], float (B, N, clip_width) (N = 1 + patches: the class token and the patch tokens)."""
-    pixels = clip_pixels(faces, config.image_size, config.image_mean, config.image_std).to(
-        image_encoder.device, image_encoder.dtype
+    [-1, 1], float (B, N, clip_width) (N = 1 + patches: the class token and the patch tokens).
+
+    Index i counts like transformers' `hidden_states`: 0 the embeddings after the pre-LayerNorm, i the
+    output of layer i, -1 the last layer's. Read with a forward hook of our own rather than
+    `output_hidden_states=True`: transformers captures those with hooks it installs lazily, which do
+    not survive pickling into spawned (DDP) processes, where hidden_states comes back None.
+    """
+    pixels = clip_pixels(faces, config.image_size, config.image_mean, config.image_std)
+    pixels = pixels.to(image_encoder.device, image_encoder.dtype)
+    vision = image_encoder.vision_model
+    count = len(vision.encoder.layers)
+    if not -(count + 1) <= config.clip_layer <= count:
+        raise ValueError(
+            f"clip_layer {config.clip_layer} is out of range for a {count}-layer CLIP image encoder"
+        )
+    index = config.clip_layer % (count + 1)
+    if index == count:
+        return image_encoder(pixel_values=pixels).last_hidden_state
+    module = vision.pre_layrnorm if index == 0 else vision.encoder.layers[index - 1]
+    captured: list[torch.Tensor] = []
+    handle = module.register_forward_hook(
+        lambda m, a, out: captured.append(out[0] if isinstance(out, tuple) else out)
     )
-    out = image_encoder(pixel_values=pixels, output_hidden_states=True)
-    return out.hidden_states[config.clip_layer]
+    try:
+        image_encoder(pixel_values=pixels)
+    finally:
+        handle.remove()
+    return captured[0]
 
 
 def encode_identity(
