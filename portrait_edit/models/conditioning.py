@@ -133,15 +133,17 @@ class TextConditioning(Conditioning):
             torch.rand(batch_size, generator=generator, device=generator.device).cpu() < self.caption_dropout
         )
 
-    def text_states(self, batch: Batch, generator: torch.Generator | None) -> torch.Tensor:
-        """The batch's captions encoded, dropped rows replaced by the null text: (B, 77, D)."""
-        captions = list(batch["caption"])
-        states = self.encode_text(captions)
-        drop = self.drop_mask(len(captions), generator)
+    def dropped(self, states: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Text states (B, 77, D) with the rows `drop_mask` picks replaced by the null text."""
+        drop = self.drop_mask(len(states), generator)
         if drop.any():
             drop = drop.to(states.device)[:, None, None]  # (B, 1, 1): broadcast over tokens and width
-            states = torch.where(drop, self.null_text_states(len(captions)), states)
+            states = torch.where(drop, self.null_text_states(len(states)).to(states), states)
         return states
+
+    def text_states(self, batch: Batch, generator: torch.Generator | None) -> torch.Tensor:
+        """The batch's captions encoded, dropped rows replaced by the null text: (B, 77, D)."""
+        return self.dropped(self.encode_text(list(batch["caption"])), generator)
 
     def forward(
         self,

@@ -136,8 +136,5 @@ class IdentityConditioning(TextConditioning):
         states = encode_prompts_with_identity(
             self.text_encoder, self.tokenizer, self.prompts(list(batch["gender"])), identity
         )
-        drop = self.drop_mask(len(states), generator)
-        if drop.any():
-            drop = drop.to(states.device)[:, None, None]  # (B, 1, 1)
-            states = torch.where(drop, self.null_text_states(len(states)).to(states), states)
+        states = self.dropped(states, generator)
         return {"sample": noisy_latents, "encoder_hidden_states": states.to(noisy_latents.dtype)}
