@@ -11,6 +11,7 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader
 from transformers import CLIPTextConfig
 
+from portrait_edit.data.keypoints import face_gaussian, face_weights
 from portrait_edit.data.world_images import PairArrays, WorldImagesDataset
 from portrait_edit.metrics.psnr import psnr_per_image
 from portrait_edit.models.clip_pair import load_text_projection
@@ -19,7 +20,7 @@ from portrait_edit.models.direction_classifier import DirectionClassifier
 from portrait_edit.paths import PRESETS_DIR
 from portrait_edit.systems.classifier import DirectionClassifierSystem, accuracy
 from portrait_edit.systems.clip import CLIPSystem, image_classes, multi_positive_loss, retrieval_top1
-from portrait_edit.systems.vae import VAESystem, kl_per_element
+from portrait_edit.systems.vae import VAESystem, kl_per_element, reconstruction_loss
 from portrait_edit.world import DIRECTIONS, make_pair
 
 SIZE = 32  # the tiny image encoder's input size
@@ -123,6 +124,51 @@ def test_accuracy():
 
 
 # One real training step per system, then export round trips.
+def test_face_gaussian_closed_form():
+    keypoints = torch.zeros(2, 18, 3)
+    # Image 0: nose, eyes and ears at (10, 12) +- 3 px (ears) / 0 (nose, eyes): centre (10, 12), RMS
+    # distance sqrt(2 * 9 / 5); image 1: only the nose visible, so no face.
+    keypoints[0, [0, 14, 15, 16, 17]] = torch.tensor(
+        [[10.0, 12, 1], [10, 12, 1], [10, 12, 1], [7, 12, 1], [13, 12, 1]]
+    )
+    keypoints[1, 0] = torch.tensor([5.0, 5, 1])
+    bump = face_gaussian(keypoints, 24, 20, sigma_scale=2.0)
+    assert bump.shape == (2, 1, 24, 20)
+    sigma = 2.0 * math.sqrt(18 / 5)
+    # Pixel (row 12, column 14) has its centre at (14.5, 12.5): 4.5 px right of and 0.5 px below the face.
+    expected = math.exp(-(4.5**2 + 0.5**2) / (2 * sigma**2))
+    assert bump[0, 0, 12, 14].item() == pytest.approx(expected, rel=1e-5)
+    assert bump[0].max().item() == pytest.approx(math.exp(-(0.5**2 * 2) / (2 * sigma**2)), rel=1e-5)
+    assert torch.count_nonzero(bump[1]) == 0
+    # On a grid 2x coarser: the same bump, centre and width halved (cell centres at +0.5).
+    coarse = face_weights(keypoints, (24, 20), (12, 10), face_weight=3.0, sigma_scale=2.0)
+    dx, dy = 6.5 - 10 / 2, 6.5 - 12 / 2  # cell (6, 6) has its centre at (6.5, 6.5); the face at (5, 6)
+    expected = 1 + 3.0 * math.exp(-(dx**2 + dy**2) / (2 * (sigma / 2) ** 2))
+    assert coarse[0, 0, 6, 6].item() == pytest.approx(expected, rel=1e-5)
+    assert torch.equal(coarse[1], torch.ones(1, 12, 10))
+
+
+def test_weighted_reconstruction_loss_by_hand():
+    target = torch.zeros(1, 1, 1, 2)
+    recon = torch.tensor([[[[0.5, 1.0]]]])  # per pixel |d| + d^2: 0.75 and 2.0
+    assert reconstruction_loss(recon, target).item() == pytest.approx((0.75 + 2.0) / 2)
+    weight = torch.tensor([[[[3.0, 1.0]]]])
+    assert reconstruction_loss(recon, target, weight).item() == pytest.approx((3 * 0.75 + 2.0) / 4)
+    uniform = torch.full((1, 1, 1, 2), 7.0)
+    assert reconstruction_loss(recon, target, uniform).item() == pytest.approx((0.75 + 2.0) / 2)
+
+
+def test_face_weighted_vae_trains_and_reports_the_face_psnr(loader, tmp_path):
+    system = VAESystem(config="tiny", lr=1e-3, scale_batches=1, face_weight=10.0)
+    batch = next(iter(loader))
+    weights = system._pixel_weights(batch)
+    assert weights.min().item() >= 1.0 and weights.max().item() > 10.0
+    trainer = fit_one_step(system, loader, tmp_path / "run")
+    assert math.isfinite(float(trainer.callback_metrics["val/psnr_face"]))
+    with pytest.raises(ValueError, match="keypoints"):
+        system._pixel_weights({"image": batch["image"]})
+
+
 def test_vae_trains_measures_its_scale_and_round_trips(loader, tmp_path):
     system = VAESystem(config="tiny", lr=1e-3, scale_batches=1)
     with pytest.raises(ValueError, match="measure"):

@@ -135,6 +135,51 @@ def test_latent_batches_skip_the_vae_and_give_the_same_loss(batch):
     assert torch.equal(from_image, from_latent)
 
 
+def test_latent_cache_encodes_each_image_once_and_gives_the_same_latents(batch):
+    system = DiffusionSystem(base="tiny", conditioning=TextConditioning(), latent_cache=True)
+    system.train()
+    calls = []
+    system.vae.encoder.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    with pytest.raises(ValueError, match="index"):
+        system.encode(batch)
+    calls.clear()
+    first = system.encode(batch | {"index": torch.tensor([4, 9])})
+    assert calls == [2]
+    # Item 9 again (now first) with a new item 1: only the new one is encoded; item 9 comes back unchanged.
+    swapped = {"image": batch["image"].flip(0), "index": torch.tensor([9, 1])}
+    second = system.encode(swapped)
+    assert calls == [2, 1]
+    assert torch.equal(second[0], first[1])
+    system.eval()  # validation never reads (or fills) the cache
+    assert_close(system.encode(swapped), second, rtol=1e-5, atol=1e-5)
+    assert calls == [2, 1, 2]
+
+
+def test_face_weighted_loss_is_the_weighted_mean_of_the_same_errors(batch):
+    system = DiffusionSystem(base="tiny", conditioning=TextConditioning(), face_weight=4.0, face_sigma=1.0)
+    system.train()
+    latents = system.encode(batch)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))
+    timesteps = torch.tensor([100, 700])
+    with torch.no_grad():
+        errors = []
+        system.unet.register_forward_hook(lambda m, a, out: errors.append((out.sample - noise).pow(2)))
+        weighted = system.denoising_loss(batch, latents, noise, timesteps, None, None, face_weight=4.0)
+        plain = system.denoising_loss(batch, latents, noise, timesteps, None, None)
+    assert_close(plain, errors[1].mean())
+    # By hand: the keypoints' face Gaussian on the 16 x 16 latent grid (a 2x coarser copy of the image's).
+    from portrait_edit.data.keypoints import face_gaussian
+
+    keypoints = batch["keypoints"].clone()
+    keypoints[..., :2] /= 2
+    w = (1 + 4.0 * face_gaussian(keypoints, SIZE // 2, SIZE // 2, 1.0)).expand_as(errors[0])
+    expected = ((errors[0] * w).flatten(1).sum(1) / w.flatten(1).sum(1)).mean()
+    assert_close(weighted, expected)
+    assert not torch.allclose(weighted, plain)
+    with pytest.raises(ValueError, match="keypoints"):
+        system.denoising_loss({"caption": batch["caption"]}, latents, noise, timesteps, None, None, 4.0)
+
+
 def test_validation_loss_is_deterministic(batch):
     system = DiffusionSystem(base="tiny", conditioning=TextConditioning())
     system.eval()

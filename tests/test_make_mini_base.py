@@ -1,10 +1,55 @@
-"""tools/make_mini_base.py: stages run in one process, so each must close its W&B run."""
+"""tools/make_mini_base.py: stages run in one process, so each must close its W&B run; a remade stage
+outdates the stages trained on it."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from make_mini_base import finish_wandb_run  # noqa: E402
+import make_mini_base  # noqa: E402
+from make_mini_base import finish_wandb_run, inputs_of, outdated, prepare_run_dir  # noqa: E402
+
+
+def test_a_remade_vae_outdates_the_unet_and_the_controlnet_follows():
+    manifest = {"stages": {
+        "pairs": {"date": "2026-01-01T00:00:00+0000"}, "clip": {"date": "2026-01-02T00:00:00+0000"},
+        "vae": {"date": "2026-01-05T00:00:00+0000"},
+        "unet": {"date": "2026-01-03T00:00:00+0000"},  # no recorded inputs: compared by date
+    }}  # fmt: skip
+    unet_inputs = inputs_of(manifest, "unet")
+    assert unet_inputs == {
+        "pairs": "2026-01-01T00:00:00+0000", "vae": "2026-01-05T00:00:00+0000", "clip": "2026-01-02T00:00:00+0000"
+    }  # fmt: skip
+    assert outdated(manifest["stages"]["unet"], unet_inputs) == ["vae"]
+    assert outdated({}, unet_inputs) == []  # never trained: it simply runs
+    manifest["stages"]["unet"] = {"date": "2026-01-06T00:00:00+0000", "inputs": unet_inputs}
+    assert outdated(manifest["stages"]["unet"], inputs_of(manifest, "unet")) == []
+    controlnet = {
+        "date": "2026-01-04T00:00:00+0000",
+        "inputs": {"pairs": manifest["stages"]["pairs"]["date"], "unet": "2026-01-03T00:00:00+0000"},
+    }
+    assert outdated(controlnet, inputs_of(manifest, "controlnet")) == ["unet"]
+
+
+def test_outdated_stage_starts_fresh_but_its_interrupted_retraining_resumes(tmp_path, monkeypatch):
+    folder = tmp_path / "checkpoints"
+    monkeypatch.setattr(make_mini_base, "checkpoint_dir", lambda config: folder)
+    folder.mkdir()
+    (folder / "last.ckpt").write_bytes(b"old inputs")
+    new = {"vae": "2026-01-05T00:00:00+0000"}
+    prepare_run_dir("unet.yaml", new, force=False, stale=True)
+    assert not (folder / "last.ckpt").exists()  # set aside, kept next to it
+    assert [p.name.startswith("checkpoints.old-") for p in tmp_path.iterdir()].count(True) == 1
+    (folder / "last.ckpt").write_bytes(b"interrupted retraining")
+    prepare_run_dir("unet.yaml", new, force=False, stale=True)
+    assert (folder / "last.ckpt").read_bytes() == b"interrupted retraining"
+    prepare_run_dir("unet.yaml", new, force=False, stale=False)  # a changed config: resumes
+    assert (folder / "last.ckpt").is_file()
+    prepare_run_dir("unet.yaml", new, force=True, stale=False)  # --force: always from scratch
+    assert not (folder / "last.ckpt").exists()
+    assert sorted((p / "last.ckpt").read_bytes() for p in tmp_path.glob("checkpoints.old-*")) == [
+        b"interrupted retraining",
+        b"old inputs",
+    ]
 
 
 def test_each_in_process_stage_gets_its_own_wandb_run(tmp_path, monkeypatch):

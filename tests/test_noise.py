@@ -113,6 +113,19 @@ def test_epsilon_loss_is_the_mean_squared_error_in_float32():
     assert_close(loss, torch.tensor(2.5))
 
 
+def test_epsilon_loss_position_weights_give_a_weighted_mean_per_sample():
+    noise = torch.zeros(2, 1, 1, 2)
+    pred = torch.tensor([[[[1.0, 2.0]]], [[[3.0, 0.0]]]])  # squared errors (1, 4) and (9, 0)
+    positions = torch.tensor([[[[3.0, 1.0]]], [[[1.0, 1.0]]]])
+    expected = ((3 * 1 + 4) / 4 + (9 + 0) / 2) / 2
+    assert_close(epsilon_loss(pred, noise, position_weights=positions), torch.tensor(expected))
+    with_snr = epsilon_loss(pred, noise, torch.tensor([2.0, 0.0]), positions)
+    assert_close(with_snr, torch.tensor(2 * (3 * 1 + 4) / 4 / 2))
+    assert_close(
+        epsilon_loss(pred, noise, position_weights=torch.full_like(positions, 5.0)), epsilon_loss(pred, noise)
+    )
+
+
 def test_weighted_loss_and_min_snr_weights(alphas_cumprod):
     pred, noise = torch.tensor([[1.0, 1.0], [2.0, 2.0]]), torch.zeros(2, 2)
     assert_close(epsilon_loss(pred, noise, torch.tensor([1.0, 0.5])), torch.tensor((1.0 + 0.5 * 4.0) / 2))

@@ -35,7 +35,10 @@ def datamodule(shards):
 
 def test_batches_follow_the_contract(datamodule):
     batch = next(iter(datamodule.train_dataloader()))
-    assert set(batch) == {"image", "caption", "label", "gender", "pose", "keypoints", "skin", "hair"}
+    assert set(batch) == {"image", "caption", "label", "gender", "pose", "keypoints", "skin", "hair", "index"}
+    dataset = datamodule.train_set
+    for k, index in enumerate(batch["index"].tolist()):  # each item's own dataset index
+        assert torch.equal(dataset[index]["image"], batch["image"][k])
     assert (
         batch["skin"].shape == batch["hair"].shape == (4, 3)
         and 0 <= batch["skin"].min() <= batch["skin"].max() <= 1

@@ -16,7 +16,9 @@ config and its sha256, the git revision, steps, wall time and final metrics.
 Resumable: a stage whose manifest entry matches its config's hash is skipped; a `fit` whose config changed
 or that was interrupted resumes from its `last.ckpt` (fixed run directory: more steps continue where the
 last run ended). `--force STAGE` retrains one stage from scratch (its old checkpoints are moved aside), as
-a change of architecture needs.
+a change of architecture needs. A stage whose inputs were remade (USES: a new VAE or text encoder means a
+new UNet, a new UNet a new ControlNet) is retrained from scratch too; an interruption of that retraining
+resumes (its checkpoint folder records the inputs it started from).
 
     python tools/make_mini_base.py [--force unet] [--only vae clip]
     python tools/make_mini_base.py --fit-args "--trainer.accelerator=gpu --trainer.precision=bf16-mixed"
@@ -51,6 +53,13 @@ STAGES = (
     ("unet", "fit", "configs/mini/base_unet.yaml"),
     ("controlnet", "fit", "configs/mini/base_controlnet.yaml"),
 )
+
+
+# What each stage's models are trained on: a stage remade outdates the stages that use it.
+USES = {
+    "vae": ("pairs",), "clip": ("pairs",), "classifier": ("pairs",), "probe": ("pairs",),
+    "unet": ("pairs", "vae", "clip"), "controlnet": ("pairs", "unet"),
+}  # fmt: skip
 
 
 def git_revision() -> str:
@@ -111,9 +120,45 @@ def set_aside_checkpoints(config: str) -> None:
     --force'd stage; kept, not deleted, in case they are wanted)."""
     folder = checkpoint_dir(config)
     if folder is not None and folder.is_dir():
-        target = folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = folder.with_name(f"{folder.name}.old-{stamp}")
+        for n in range(2, 1000):  # two set-asides within a second get distinct names
+            if not target.exists():
+                break
+            target = folder.with_name(f"{folder.name}.old-{stamp}-{n}")
         folder.rename(target)
         print(f"=== moved the old checkpoints to {target}", flush=True)
+
+
+def inputs_of(manifest: dict, name: str) -> dict[str, str | None]:
+    """The manifest dates of the stages `name` is trained on (USES): what its models were made from."""
+    return {used: manifest["stages"].get(used, {}).get("date") for used in USES.get(name, ())}
+
+
+def outdated(done: dict, inputs: dict[str, str | None]) -> list[str]:
+    """The stages among `inputs` that were remade after the stage entry `done` was trained ([] when it has
+    no entry). Entries record their inputs; older ones without them are compared by date."""
+    if not done:
+        return []
+    recorded = done.get("inputs")
+    if recorded is not None:
+        return [used for used, date in inputs.items() if recorded.get(used) != date]
+    return [used for used, date in inputs.items() if date and date > done.get("date", "")]
+
+
+def prepare_run_dir(config: str, inputs: dict[str, str | None], force: bool, stale: bool) -> None:
+    """Get a fit stage's checkpoint folder ready: a --force'd stage starts from scratch (old checkpoints set
+    aside); an outdated one too, unless its checkpoints were started from these same inputs (an interrupted
+    retraining, which resumes). The inputs are recorded next to the checkpoints (`inputs.json`)."""
+    folder = checkpoint_dir(config)
+    if folder is None:
+        return
+    marker = folder / "inputs.json"
+    same = marker.is_file() and json.loads(marker.read_text()) == inputs
+    if force or (stale and not same):
+        set_aside_checkpoints(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(marker, inputs)
 
 
 def run_stage(name: str, subcommand: str, config: str, extra: list[str], previous: dict) -> dict:
@@ -177,12 +222,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.only is not None and name not in args.only:
             continue
         done = manifest["stages"].get(name, {})
-        if name not in args.force and done.get("config_sha256") == file_sha256(REPO_ROOT / config):
+        inputs = inputs_of(manifest, name)
+        stale = outdated(done, inputs)
+        if stale:
+            print(f"=== {name}: {', '.join(stale)} changed since it was trained; retraining it")
+        elif name not in args.force and done.get("config_sha256") == file_sha256(REPO_ROOT / config):
             print(f"=== {name}: up to date ({done.get('revision', '?')}), skipped; --force {name} to redo")
             continue
-        if name in args.force and subcommand == "fit":
-            set_aside_checkpoints(config)
-        manifest["stages"][name] = run_stage(name, subcommand, config, extra[subcommand], done)
+        if subcommand == "fit":
+            prepare_run_dir(config, inputs, force=name in args.force, stale=bool(stale))
+        manifest["stages"][name] = {
+            **run_stage(name, subcommand, config, extra[subcommand], done),
+            "inputs": inputs,
+        }
         atomic_write_json(manifest_path, manifest)  # after every stage, so an interruption loses nothing
     shutil.copytree(PRESETS_DIR / "mini" / "scheduler", out / "scheduler", dirs_exist_ok=True)
     manifest.update(

@@ -14,6 +14,7 @@ A batch (the contract shared by the VAE, CLIP, classifier and diffusion systems)
     keypoints  float (B, 18, 3): x, y in pixels of the H x W image and visibility (world.pose_keypoints)
     skin       float (B, 3): the person's skin colour, RGB in [0, 1] (world identity)
     hair       float (B, 3): the person's hair colour, RGB in [0, 1] (world identity)
+    index      long (B,): the item's index in its dataset (the key of DiffusionSystem's latent cache)
 
 The shards are read once into memory as uint8 (12,000 pairs are about 300 MB) and served by map-style
 datasets, so Lightning's DistributedSampler splits them across ranks. Horizontal flips are never applied:
@@ -221,6 +222,7 @@ class WorldImagesDataset(Dataset):
             "keypoints": torch.from_numpy(p.keypoints[k]),
             "skin": torch.from_numpy(p.skin[k]).float() / 255.0,
             "hair": torch.from_numpy(p.hair[k]).float() / 255.0,
+            "index": i,
         }
 
 

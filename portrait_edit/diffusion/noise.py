@@ -102,7 +102,10 @@ def min_snr_weights(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, gamma
 
 
 def epsilon_loss(
-    noise_pred: torch.Tensor, noise: torch.Tensor, weights: torch.Tensor | None = None
+    noise_pred: torch.Tensor,
+    noise: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    position_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The epsilon-prediction objective: mean squared error, in float32 whatever the autocast dtype.
 
@@ -110,11 +113,18 @@ def epsilon_loss(
         noise_pred: the UNet output (B, C, H, W).
         noise: the noise that was added (B, C, H, W).
         weights: optional per-sample weights (B,) (e.g. `min_snr_weights`); None: plain MSE.
+        position_weights: optional per-position weights (B, 1, H, W); each sample's MSE becomes the
+            weighted mean over positions (uniform weights give the plain MSE).
 
     Returns:
         scalar loss: mean over samples of weight * per-sample MSE.
     """
-    per_sample = F.mse_loss(noise_pred.float(), noise.float(), reduction="none").flatten(1).mean(1)  # (B,)
+    squared = F.mse_loss(noise_pred.float(), noise.float(), reduction="none")
+    if position_weights is None:
+        per_sample = squared.flatten(1).mean(1)  # (B,)
+    else:
+        position_weights = position_weights.float().expand_as(squared)
+        per_sample = (squared * position_weights).flatten(1).sum(1) / position_weights.flatten(1).sum(1)
     if weights is not None:
         per_sample = per_sample * weights.to(per_sample)
     return per_sample.mean()
