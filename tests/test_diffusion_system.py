@@ -262,20 +262,19 @@ def test_configuration_errors_name_the_fix(parts):
 
 
 class RecordNoise(Callback):
-    """Saves the next 8 normals of each rank's noise generator (without advancing it) to <out>/rank<r>."""
+    """Saves 8 normals from a fresh copy of each rank's step generator (its seed) to <out>/rank<r>."""
 
     def __init__(self, out):
         self.out = out
 
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        probe = torch.Generator()
-        probe.set_state(module.generator.get_state())
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        probe = torch.Generator().manual_seed(module.generator.initial_seed())
         save_file({"noise": torch.randn(8, generator=probe)}, f"{self.out}/rank{trainer.global_rank}")
 
 
 @pytest.mark.slow
 def test_ddp_ranks_draw_different_noise(batch, tmp_path):
-    """Two CPU processes (gloo): each rank's stream is seed + rank; training with EMA and frozen parts
+    """Two CPU processes (gloo): each rank's stream is its own key; training with EMA and frozen parts
     finishes (no rank waits for gradients of parameters that never get any)."""
     system = DiffusionSystem(
         base="tiny", conditioning=PoseControlConditioning(), train_unet=False, use_ema=True

@@ -5,11 +5,11 @@ import torch
 from torch.testing import assert_close
 
 from portrait_edit.metrics.identity import identity_retrieval_top1
+from portrait_edit.models.clip_image import clip_pixels
 from portrait_edit.models.clip_pair import build_clip, export_clip
 from portrait_edit.models.identity_encoder import (
     IdentityEncoder,
     IdentityEncoderConfig,
-    clip_pixels,
     clip_tokens,
     encode_identity,
 )

@@ -90,7 +90,8 @@ def test_rank_generators_differ_across_ranks_and_repeat_per_rank():
 
     assert not torch.equal(draw(0), draw(1))
     assert torch.equal(draw(1), draw(1))
-    plain = torch.Generator().manual_seed(3 + 1)  # rank 1 of seed 3 is the stream of seed 3 + 1
+    assert not torch.equal(draw(1, step=1), draw(1))
+    plain = keyed_generator(3, 1, 0, 0)  # rank 1 of seed 3 at step 0: the stream of key (3, 1, 0, 0)
     expected = torch.cat(
         [
             torch.randn(2, 4, 3, 3, generator=plain).flatten(),

@@ -130,19 +130,19 @@ def epsilon_loss(
     return per_sample.mean()
 
 
-def rank_generator(seed: int, rank: int, step: int = 0) -> torch.Generator:
-    """The CPU generator of one rank's noise and timesteps.
+def rank_generator(seed: int, rank: int, step: int = 0, micro: int = 0) -> torch.Generator:
+    """The CPU generator of one rank's noise, timesteps and dropout at one training step.
 
-    At step 0 it is seeded with `seed + rank` (each rank its own stream; a shared seed would make every
-    rank draw identical noise). A run resumed at `step` > 0 gets a fresh stream hashed from
-    (seed + rank, step), so it neither replays the noise of step 0 nor depends on the previous run's
-    world size.
+    Hashed from (seed, rank, step, micro) by `keyed_generator`: each rank its own stream, and a step's
+    numbers depend on nothing but its key, so a run resumed at any step draws exactly what an
+    uninterrupted run draws there (whatever the world size of the first run). `micro` tells the
+    micro-batches of one optimizer step apart under gradient accumulation.
     """
-    if seed < 0 or rank < 0 or step < 0:
-        raise ValueError(f"seed, rank and step must be non-negative, got {seed}, {rank}, {step}")
-    if step > 0:
-        return keyed_generator(seed + rank, step)
-    return torch.Generator(device="cpu").manual_seed(seed + rank)
+    if min(seed, rank, step, micro) < 0:
+        raise ValueError(
+            f"seed, rank, step and micro must be non-negative, got {seed}, {rank}, {step}, {micro}"
+        )
+    return keyed_generator(seed, rank, step, micro)
 
 
 def keyed_generator(*key: int) -> torch.Generator:

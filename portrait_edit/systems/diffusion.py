@@ -9,6 +9,7 @@ conditioning reads ("caption", "pose", ...).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import shutil
 import warnings
@@ -69,6 +70,10 @@ class DiffusionSystem(LightningModule):
         face_weight: extra loss weight on the face (`data.keypoints.face_weights` on the latent grid, from
             the batch's "keypoints"); 0: plain MSE. Training loss only: val/loss stays the plain MSE.
         face_sigma: width of the face weighting relative to the spread of the face keypoints.
+        from_scratch: start the UNet from random weights (seeded) of the base's architecture instead of
+            its pretrained ones (the MCDM's "w/o pretrained" ablation).
+        gradient_checkpointing: recompute the UNet's activations in the backward pass (less memory, about
+            a third more time).
         latent_cache: keep each training image's latents (on the CPU, keyed by the batch's "index", which
             the datamodule must give) after its first encoding: the VAE is frozen and `encode` takes the
             posterior mean, so later epochs get the same latents without running the encoder (a quarter
@@ -92,6 +97,8 @@ class DiffusionSystem(LightningModule):
         local_files_only: bool | None = None,
         face_weight: float = 0.0,
         face_sigma: float = 1.5,
+        from_scratch: bool = False,
+        gradient_checkpointing: bool = False,
         latent_cache: bool = False,
     ) -> None:
         super().__init__()
@@ -109,12 +116,21 @@ class DiffusionSystem(LightningModule):
                 f"got {ema_decay}, {snr_gamma}, {seed}, {warmup_steps}"
             )
         self.save_hyperparameters(ignore=["conditioning"])
+        # Plain attributes too: under LightningCLI a subclass's hparams hold only ITS signature's arguments.
+        self.face_weight, self.face_sigma, self.latent_cache = face_weight, face_sigma, latent_cache
         conditioning = TextConditioning() if conditioning is None else conditioning
         parts = ("vae", "unet", *conditioning.parts)
         # Training keeps float32 master weights whatever the stored dtype; bf16-mixed autocasts the compute.
         components = load_components(
             base, parts=parts, torch_dtype=torch.float32, local_files_only=local_files_only, seed=seed
         )
+        if from_scratch:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                random_unet = type(components.unet).from_config(components.unet.config)
+            components = dataclasses.replace(components, unet=random_unet)
+        if gradient_checkpointing:
+            components.unet.enable_gradient_checkpointing()
         self.vae = components.vae.requires_grad_(False).eval()
         self.unet = components.unet.requires_grad_(train_unet)
         conditioning.bind(components)
@@ -149,7 +165,7 @@ class DiffusionSystem(LightningModule):
         loss). float32 even under autocast: the noise target must not be rounded to bf16."""
         if "latent" in batch:
             return batch["latent"].to(self.device, torch.float32)
-        if self.hparams.latent_cache and self.training:
+        if self.latent_cache and self.training:
             return self._cached_latents(batch)
         return self._vae_latents(batch["image"])
 
@@ -197,25 +213,30 @@ class DiffusionSystem(LightningModule):
                 )
             positions = face_weights(
                 batch["keypoints"].to(latents.device), tuple(batch["image"].shape[-2:]), tuple(latents.shape[-2:]),
-                face_weight, self.hparams.face_sigma,
+                face_weight, self.face_sigma,
             )  # fmt: skip
         return epsilon_loss(pred, noise, weights, positions)
 
-    def on_train_start(self) -> None:
-        # Here, not in on_fit_start: a resumed run's global_step is restored only after on_fit_start.
-        self.generator = rank_generator(self.hparams.seed, self.global_rank, self.global_step)
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        if self.generator is None:  # a step outside trainer.fit (e.g. a manual call)
-            self.generator = rank_generator(self.hparams.seed, self.global_rank, self.global_step)
+        # A generator per step, keyed by (seed, rank, step, micro-batch): a resumed run draws what an
+        # uninterrupted one would have.
+        accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        self.generator = rank_generator(
+            self.hparams.seed, self.global_rank, self.global_step, batch_idx % accumulate
+        )
+        batch = self.prepare_batch(batch)
         latents = self.encode(batch)
         noise = sample_noise(latents.shape, self.generator)
         timesteps = sample_timesteps(len(latents), self.generator, len(self.alphas_cumprod))
         loss = self.denoising_loss(
-            batch, latents, noise, timesteps, self.generator, self.hparams.snr_gamma, self.hparams.face_weight
+            batch, latents, noise, timesteps, self.generator, self.hparams.snr_gamma, self.face_weight
         )
         self.log("train/loss", loss, prog_bar=True, batch_size=len(latents))
         return loss
+
+    def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Hook: change a training batch before encoding (with `self.generator` for any randomness)."""
+        return batch
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         # The EMA follows each optimizer step (not each accumulated micro-batch), here rather than in

@@ -1,0 +1,157 @@
+"""MCDM training (paper §3.3, DESIGN.md stage 3): the shared diffusion loop with the MCDM's conditioning,
+the 5% reconstruction swap, and an export that the editing pipeline loads on its own.
+
+Pair batches: the target x_B as "image" (or its cached scaled "latent"), the source x_A as "source" (or
+"source_latent" + "source_clip"), the target prompt p_b as "caption" and the source prompt p_a as
+"source_caption". With probability p_swap a sample becomes a reconstruction: target (x_A, p_a).
+Condition dropout (p = 0.2 over the 7 condition subsets) happens in `MCDMConditioning`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import UniPCMultistepScheduler
+from lightning.pytorch.utilities import rank_zero_only
+
+from portrait_edit.diffusion.conditions import swap_mask
+from portrait_edit.diffusion.noise import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS
+from portrait_edit.models.components import load_components
+from portrait_edit.models.mcdm import MCDMConditioning
+from portrait_edit.systems.diffusion import DiffusionSystem
+
+# Guidance defaults (supplementary 1.3): image 3, spatial 3, text 5; UniPC, 20 steps.
+DEFAULT_SCALES = {"image": 3.0, "spatial": 3.0, "text": 5.0}
+
+
+def swapped(batch: dict[str, Any], swap: torch.Tensor) -> dict[str, Any]:
+    """The batch with the rows where `swap` (B,) is True turned into reconstructions: target x_A (image
+    and/or latent) and caption p_a."""
+    if not swap.any():
+        return batch
+    out = dict(batch)
+    for target, source in (("image", "source"), ("latent", "source_latent")):
+        if target in batch:
+            if source not in batch:
+                raise ValueError(f"the reconstruction swap needs {source!r} next to {target!r} in the batch")
+            mask = swap.to(batch[target].device).reshape(-1, *([1] * (batch[target].ndim - 1)))
+            out[target] = torch.where(mask, batch[source].to(batch[target]), batch[target])
+    if "source_caption" not in batch:
+        raise ValueError("the reconstruction swap needs `source_caption` (p_a) in the batch")
+    out["caption"] = [
+        a if s else b for a, b, s in zip(batch["source_caption"], batch["caption"], swap.tolist())
+    ]
+    return out
+
+
+class MCDMSystem(DiffusionSystem):
+    """Trains the widened UNet and the image-embedding adapter on pairs.
+
+    Args:
+        conditioning: an MCDMConditioning (its ablation switches use_spatial / use_image).
+        p_swap: probability of the reconstruction swap (0.05 in the paper).
+        scales: guidance scales recorded in the export ({image, spatial, text}; the paper's by default).
+        other arguments: as DiffusionSystem (paper: lr 5e-6, batch 4, 200k steps, EMA, bf16-mixed).
+    """
+
+    def __init__(
+        self,
+        base: str = "mini",
+        conditioning: MCDMConditioning | None = None,
+        p_swap: float = 0.05,
+        scales: dict[str, float] | None = None,
+        lr: float = 5e-6,
+        weight_decay: float = 1e-2,
+        warmup_steps: int = 0,
+        use_ema: bool = True,
+        ema_decay: float = 0.9999,
+        snr_gamma: float | None = None,
+        seed: int = 0,
+        export_dir: str | None = None,
+        export_dtype: str = "float16",
+        local_files_only: bool | None = None,
+        from_scratch: bool = False,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        if not 0.0 <= p_swap <= 1.0:
+            raise ValueError(f"p_swap must be in [0, 1], got {p_swap}")
+        conditioning = MCDMConditioning() if conditioning is None else conditioning
+        if not isinstance(conditioning, MCDMConditioning):
+            raise ValueError(f"MCDMSystem needs an MCDMConditioning, got {type(conditioning).__name__}")
+        super().__init__(
+            base=base,
+            conditioning=conditioning,
+            train_unet=True,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            use_ema=use_ema,
+            ema_decay=ema_decay,
+            snr_gamma=snr_gamma,
+            seed=seed,
+            export_dir=export_dir,
+            export_dtype=export_dtype,
+            local_files_only=local_files_only,
+            from_scratch=from_scratch,
+            gradient_checkpointing=gradient_checkpointing,
+        )
+        self.scales = {**DEFAULT_SCALES, **(scales or {})}
+        if set(self.scales) != set(DEFAULT_SCALES):
+            raise ValueError(f"scales takes {sorted(DEFAULT_SCALES)}, got {sorted(self.scales)}")
+
+    def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        swap = swap_mask(len(batch["caption"]), self.generator, self.hparams.p_swap)
+        return swapped(batch, swap)
+
+    @rank_zero_only
+    def export(self, out_dir: str | os.PathLike, dtype: torch.dtype = torch.float16) -> list[Path]:
+        """A self-contained MCDM folder: the trained `unet/` and `image_adapter/` (EMA weights), the frozen
+        VAE, text encoder, tokenizer, image encoder and scheduler of the base, and `mcdm.json` (how the
+        conditions are computed, the guidance scales and the base it was trained from)."""
+        written = DiffusionSystem.export.__wrapped__(self, out_dir, dtype)
+        out = Path(out_dir)
+        c = self.conditioning
+        frozen = load_components(
+            self.hparams.base, parts=("vae", "text_encoder", "tokenizer", "image_encoder")
+        )
+        for name in ("vae", "text_encoder", "tokenizer", "image_encoder"):
+            part = getattr(frozen, name)
+            if part is None or (name == "image_encoder" and not c.use_image):
+                continue
+            tmp = out / f".{name}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            part.save_pretrained(tmp) if name == "tokenizer" else part.save_pretrained(
+                tmp, safe_serialization=True
+            )
+            shutil.rmtree(out / name, ignore_errors=True)
+            tmp.rename(out / name)
+        scheduler = UniPCMultistepScheduler(
+            num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_start=BETA_START, beta_end=BETA_END,
+            beta_schedule="scaled_linear", prediction_type="epsilon",
+        )  # fmt: skip
+        tmp = out / ".scheduler.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        scheduler.save_pretrained(tmp)
+        shutil.rmtree(out / "scheduler", ignore_errors=True)
+        tmp.rename(out / "scheduler")
+        settings = {
+            "base": self.hparams.base,
+            "use_spatial": c.use_spatial,
+            "use_image": c.use_image,
+            "clip_layer": c.clip_view[0],
+            "image_size": c.clip_view[1],
+            "image_mean": c.clip_view[2],
+            "image_std": c.clip_view[3],
+            "scales": self.scales,
+            "scheduler": "UniPC",
+            "num_inference_steps": 20,
+        }
+        tmp = out / ".mcdm.json.tmp"
+        tmp.write_text(json.dumps(settings, indent=2) + "\n")
+        tmp.rename(out / "mcdm.json")
+        return written
