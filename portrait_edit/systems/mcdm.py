@@ -29,6 +29,28 @@ from portrait_edit.systems.diffusion import DiffusionSystem
 DEFAULT_SCALES = {"image": 3.0, "spatial": 3.0, "text": 5.0}
 
 
+# Pair-shard members (DESIGN.md §4) -> MCDM batch keys.
+SHARD_FIELDS = {
+    "tgt.png": "image", "src.png": "source", "tgt.latent.npy": "latent", "src.latent.npy": "source_latent",
+    "src.clip.npy": "source_clip",
+}  # fmt: skip
+
+
+def pair_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    """A PairShardsDataModule batch (`src.png`, `tgt.png`, `json` with p_a / p_b, optional cached
+    `*.npy` conditions) as an MCDM batch; a batch that already has "caption" is returned as it is."""
+    if "caption" in batch:
+        return batch
+    if "json" not in batch:
+        raise ValueError(
+            f"an MCDM batch needs `caption` or the pair shards' `json`; got keys {sorted(batch)}"
+        )
+    out = {new: batch[old] for old, new in SHARD_FIELDS.items() if old in batch}
+    out["caption"] = [meta["p_b"] for meta in batch["json"]]
+    out["source_caption"] = [meta["p_a"] for meta in batch["json"]]
+    return out
+
+
 def swapped(batch: dict[str, Any], swap: torch.Tensor) -> dict[str, Any]:
     """The batch with the rows where `swap` (B,) is True turned into reconstructions: target x_A (image
     and/or latent) and caption p_a."""
@@ -105,8 +127,12 @@ class MCDMSystem(DiffusionSystem):
             raise ValueError(f"scales takes {sorted(DEFAULT_SCALES)}, got {sorted(self.scales)}")
 
     def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        batch = pair_batch(batch)
         swap = swap_mask(len(batch["caption"]), self.generator, self.hparams.p_swap)
         return swapped(batch, swap)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return super().validation_step(pair_batch(batch), batch_idx)
 
     @rank_zero_only
     def export(self, out_dir: str | os.PathLike, dtype: torch.dtype = torch.float16) -> list[Path]:
