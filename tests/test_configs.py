@@ -2,7 +2,8 @@
 
 Stage configs (`configs/<world>/<stage>.yaml`) start with the command that runs them
 (`# portrait-edit <subcommand> --config ...`); pieces (`configs/trainer/`, `configs/logger/`) are parsed
-stacked on a stage config, the way they are used.
+stacked on a stage config, the way they are used, and ablations (`configs/<world>/ablations/`) stacked on
+that world's mcdm.yaml.
 """
 
 from pathlib import Path
@@ -13,7 +14,7 @@ import yaml
 from portrait_edit.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-PIECE_DIRS = {"trainer", "logger"}
+PIECE_DIRS = {"trainer", "logger", "ablations"}
 STAGES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in PIECE_DIRS)
 PIECES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name in PIECE_DIRS)
 SUBCOMMANDS = {"fit", "validate", "test", "predict"}
@@ -49,15 +50,25 @@ def test_stage_config_parses_against_the_code(path, capsys):
     assert resolved["data"]["class_path"] == raw["data"]["class_path"]
 
 
+def assert_applied(resolved, piece, where: str) -> None:
+    """Every value of `piece` is in `resolved` (dicts compared key by key, lists item by item)."""
+    if isinstance(piece, dict):
+        for key, value in piece.items():
+            assert isinstance(resolved, dict) and key in resolved, f"{where}.{key} was not applied"
+            assert_applied(resolved[key], value, f"{where}.{key}")
+    elif isinstance(piece, list):
+        assert isinstance(resolved, list) and len(resolved) == len(piece), f"{where} was not applied"
+        for k, (got, value) in enumerate(zip(resolved, piece)):
+            assert_applied(got, value, f"{where}[{k}]")
+    else:
+        assert resolved == piece, f"{where}: {resolved!r} != {piece!r}"
+
+
 @pytest.mark.parametrize("path", PIECES, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_piece_parses_stacked_on_a_stage(path, capsys):
-    stage = CONFIGS / "mini" / "world_pairs.yaml"
+    if path.parent.name == "ablations":
+        stage = path.parent.parent / "mcdm.yaml"
+    else:
+        stage = CONFIGS / "mini" / "world_pairs.yaml"
     resolved = print_config(capsys, subcommand_of(stage), "--config", str(stage), "--config", str(path))
-    piece = yaml.safe_load(path.read_text())
-    for group, values in piece.items():
-        if isinstance(values, dict):
-            for key, value in values.items():
-                got = resolved[group][key]
-                if isinstance(value, dict) and "class_path" in value:
-                    got, value = got["class_path"], value["class_path"]
-                assert got == value, f"{path}: {group}.{key} was not applied"
+    assert_applied(resolved, yaml.safe_load(path.read_text()), path.name)

@@ -45,10 +45,13 @@ def conditioning_from_config(config: str) -> tuple[MCDMConditioning, dict]:
     base = args.get("base", "mini")
     conditioning_args = (args.get("conditioning") or {}).get("init_args") or {}
     conditioning = MCDMConditioning(**conditioning_args)
-    parts = ("vae", "unet", "text_encoder", "tokenizer", "image_encoder")
+    parts = ("vae", "unet", *conditioning.parts)
     conditioning.bind(load_components(base, parts=parts, torch_dtype=torch.float32))
     layer, size, mean, std = conditioning.clip_view
-    settings = {"base": base, "clip_layer": layer, "image_size": size, "image_mean": mean, "image_std": std}
+    settings = {
+        "base": base, "image_encoder": conditioning.image_encoder_source or base, "clip_layer": layer,
+        "image_size": size, "image_mean": mean, "image_std": std,
+    }  # fmt: skip
     return conditioning.eval(), settings
 
 
