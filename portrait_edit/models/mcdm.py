@@ -25,7 +25,7 @@ from torch import nn
 
 from portrait_edit.diffusion.conditions import CONDITIONS, apply_null, drop_masks
 from portrait_edit.models.clip_image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_hidden_state
-from portrait_edit.models.components import SDComponents
+from portrait_edit.models.components import SDComponents, load_image_encoder
 from portrait_edit.models.conditioning import Batch, TextConditioning, _freeze
 from portrait_edit.models.folder_model import FolderModel
 from portrait_edit.models.widen import widen_conv_in
@@ -103,13 +103,13 @@ class MCDMConditioning(TextConditioning):
         use_spatial: concatenate c_s (False: the "w/o spatial" ablation; conv_in stays 4 wide).
         use_image: append c_im to the context (False: the "w/o image embedding" ablation).
         num_image_tokens, latent_pool, mlp_ratio: the adapter's sizes.
+        image_encoder: source of the CLIP image encoder (a hub id such as openai/clip-vit-large-patch14, a
+            folder, a preset); None: the base's own `image_encoder` part (the mini world ships one).
         clip_layer: which CLIP hidden state feeds the adapter (-1: the last layer's tokens).
         image_size, image_mean, image_std: how x_A is shown to CLIP (224 and OpenAI's statistics for
             ViT-L/14; the mini CLIP reads 64 x 64 images with mean = std = 0.5).
         seed: seed of the adapter's initial weights.
     """
-
-    parts = ("text_encoder", "tokenizer", "image_encoder")
 
     def __init__(
         self,
@@ -120,6 +120,7 @@ class MCDMConditioning(TextConditioning):
         num_image_tokens: int = 16,
         latent_pool: int = 4,
         mlp_ratio: int = 4,
+        image_encoder: str | None = None,
         clip_layer: int = -1,
         image_size: int = 224,
         image_mean: list[float] | None = None,
@@ -135,6 +136,11 @@ class MCDMConditioning(TextConditioning):
         self.use_image = use_image
         self.adapter_sizes = (num_image_tokens, latent_pool, mlp_ratio)
         self.seed = seed
+        self.image_encoder_source = image_encoder
+        # SD parts the system loads (an explicit image encoder is loaded in bind; none for "w/o image").
+        self.parts = ("text_encoder", "tokenizer") + (
+            ("image_encoder",) if use_image and image_encoder is None else ()
+        )
         self.clip_view = (
             clip_layer,
             image_size,
@@ -155,9 +161,16 @@ class MCDMConditioning(TextConditioning):
         if self.use_spatial:
             widen_conv_in(components.unet, 2 * components.unet.config.in_channels)
         if self.use_image:
-            if components.image_encoder is None:
-                raise ValueError("MCDMConditioning with use_image needs the image_encoder part")
-            self.image_encoder = _freeze(components.image_encoder)
+            if self.image_encoder_source is not None:
+                image_encoder = load_image_encoder(self.image_encoder_source, torch_dtype=torch.float32)
+            elif components.image_encoder is None:
+                raise ValueError(
+                    "MCDMConditioning needs a CLIP image encoder: set image_encoder (e.g. "
+                    "openai/clip-vit-large-patch14) or use a base that has one (the mini world's)"
+                )
+            else:
+                image_encoder = components.image_encoder
+            self.image_encoder = _freeze(image_encoder)
             vision = self.image_encoder.config
             patches = (self.clip_view[1] // vision.patch_size) ** 2
             num_tokens, pool, ratio = self.adapter_sizes

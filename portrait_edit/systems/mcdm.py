@@ -9,6 +9,7 @@ Condition dropout (p = 0.2 over the 7 condition subsets) happens in `MCDMConditi
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -18,10 +19,10 @@ from typing import Any
 import torch
 from diffusers import UniPCMultistepScheduler
 from lightning.pytorch.utilities import rank_zero_only
+from torch import nn
 
 from portrait_edit.diffusion.conditions import swap_mask
 from portrait_edit.diffusion.noise import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS
-from portrait_edit.models.components import load_components
 from portrait_edit.models.mcdm import MCDMConditioning
 from portrait_edit.systems.diffusion import DiffusionSystem
 
@@ -142,18 +143,16 @@ class MCDMSystem(DiffusionSystem):
         written = DiffusionSystem.export.__wrapped__(self, out_dir, dtype)
         out = Path(out_dir)
         c = self.conditioning
-        frozen = load_components(
-            self.hparams.base, parts=("vae", "text_encoder", "tokenizer", "image_encoder")
-        )
-        for name in ("vae", "text_encoder", "tokenizer", "image_encoder"):
-            part = getattr(frozen, name)
-            if part is None or (name == "image_encoder" and not c.use_image):
-                continue
+        frozen = {"vae": self.vae, "text_encoder": c.text_encoder, "tokenizer": c.tokenizer}
+        if c.use_image:
+            frozen["image_encoder"] = c.image_encoder
+        for name, part in frozen.items():
             tmp = out / f".{name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            part.save_pretrained(tmp) if name == "tokenizer" else part.save_pretrained(
-                tmp, safe_serialization=True
-            )
+            if name == "tokenizer":
+                part.save_pretrained(tmp)
+            else:  # stored in the export dtype, like the trained parts
+                nn.Module.to(copy.deepcopy(part), dtype=dtype).save_pretrained(tmp, safe_serialization=True)
             shutil.rmtree(out / name, ignore_errors=True)
             tmp.rename(out / name)
         scheduler = UniPCMultistepScheduler(
