@@ -18,7 +18,7 @@ from portrait_edit.models.clip_pair import load_text_projection
 from portrait_edit.models.components import load_image_encoder, load_text_encoder, load_tokenizer, load_vae
 from portrait_edit.models.direction_classifier import DirectionClassifier
 from portrait_edit.paths import PRESETS_DIR
-from portrait_edit.systems.classifier import DirectionClassifierSystem, accuracy
+from portrait_edit.systems.classifier import DirectionClassifierSystem, accuracy, degrade, gaussian_blur
 from portrait_edit.systems.clip import CLIPSystem, image_classes, multi_positive_loss, retrieval_top1
 from portrait_edit.systems.vae import VAESystem, kl_per_element, reconstruction_loss
 from portrait_edit.world import DIRECTIONS, make_pair
@@ -116,6 +116,30 @@ def test_multi_positive_loss_sums_the_probability_of_all_positives():
         multi_positive_loss(images, texts, positives, torch.tensor(1.0))
     loss = multi_positive_loss(images, texts[:2], positives[:, :2], torch.tensor(1.0))
     torch.testing.assert_close(loss, torch.tensor(0.0))  # both captions are positives: nothing to learn
+
+
+def test_gaussian_blur_of_a_point_is_the_normalised_kernel():
+    images = torch.zeros(2, 1, 15, 15)
+    images[:, :, 7, 7] = 1.0
+    sigma = torch.tensor([1.0, 0.0])
+    out = gaussian_blur(images, sigma)
+    radius = 3
+    taps = torch.exp(-(torch.arange(-radius, radius + 1.0) ** 2) / 2)
+    taps = taps / taps.sum()
+    torch.testing.assert_close(
+        out[0, 0, 7 - radius : 8 + radius, 7 - radius : 8 + radius], taps[:, None] * taps[None, :]
+    )
+    assert out[0].sum().item() == pytest.approx(1.0, abs=1e-6)  # the point's mass stays in the image
+    assert torch.equal(out[1], images[1])  # sigma 0: unchanged
+
+
+def test_degrade_touches_only_the_chosen_images():
+    images = torch.rand(64, 3, 8, 8) * 2 - 1
+    out = degrade(images, p=0.5, blur_max=1.5, noise_max=0.1, generator=torch.Generator().manual_seed(0))
+    changed = (out != images).flatten(1).any(dim=1)
+    assert 16 < changed.sum().item() < 48  # about half
+    assert out.min() >= -1 and out.max() <= 1
+    assert torch.equal(degrade(images, p=0.0, blur_max=1.5, noise_max=0.1), images)
 
 
 def test_accuracy():
