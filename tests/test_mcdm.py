@@ -197,3 +197,57 @@ def test_killed_and_resumed_training_equals_an_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_four_guidance_branches_in_one_call_equal_four_calls(batch):
+    from portrait_edit.systems.mcdm import GUIDANCE_BRANCHES
+
+    system = mcdm()
+    c = system.conditioning
+    with torch.no_grad():  # move the zero-initialised c_s slices, so the spatial branch matters
+        system.unet.conv_in.weight[:, 4:].normal_(0, 0.1)
+    c_s, context, latent = system.branch_conditions(batch)
+    z = torch.randn(latent.shape, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor(500)
+    with torch.no_grad():
+        batched = system.branch_eps(z, t, c_s, context).chunk(4)
+        source_latent, clip, size = c.batch_sources(batch)
+        text = c.cached_text(batch["caption"])
+        for k, flags in enumerate(GUIDANCE_BRANCHES):
+            drop = {name: torch.tensor([flag] * 2) for name, flag in zip(("image", "spatial", "text"), flags)}
+            c_s_k, context_k = c.conditions(source_latent, clip, text, size, drop)
+            expected = system.unet(torch.cat([z, c_s_k], 1), t, encoder_hidden_states=context_k).sample
+            assert_close(batched[k], expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(batched[1], batched[2])  # spatial on / off differ
+
+
+def test_validation_edits_the_first_inputs_into_a_wandb_table(batch, tmp_path, monkeypatch):
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import WandbLogger
+    from torch.utils.data import DataLoader
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    system = mcdm(val_edits=1)
+    logger = WandbLogger(project="portrait_edit", save_dir=str(tmp_path), offline=True)
+    logged = []
+    monkeypatch.setattr(logger.experiment, "log", lambda data, **kw: logged.append(data))
+    monkeypatch.setattr(system, "sample_edits", lambda b: torch.zeros(len(b["caption"]), 3, SIZE, SIZE))
+    trainer = Trainer(
+        max_steps=1, accelerator="cpu", logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1,
+    )  # fmt: skip
+    trainer.fit(system, DataLoader([batch], batch_size=None), DataLoader([batch], batch_size=None))
+    tables = [d["val/edits"] for d in logged if "val/edits" in d]
+    assert len(tables) == 1 and tables[0].columns == ["x_A", "x_B", "edit", "p_b"]
+    assert len(tables[0].data) == 1 and tables[0].data[0][3] == batch["caption"][0]
+    import wandb
+
+    wandb.finish()
+
+
+def test_sample_edits_are_seeded_images(batch):
+    system = mcdm()
+    one = system.sample_edits(batch, steps=2, seed=1)
+    assert one.shape == (2, 3, SIZE, SIZE) and one.min() >= -1 and one.max() <= 1
+    assert torch.equal(one, system.sample_edits(batch, steps=2, seed=1))
+    assert not torch.equal(one, system.sample_edits(batch, steps=2, seed=2))

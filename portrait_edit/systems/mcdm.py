@@ -21,13 +21,20 @@ from diffusers import UniPCMultistepScheduler
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from portrait_edit.diffusion.conditions import swap_mask
+from portrait_edit.diffusion.conditions import CONDITIONS, multi_guidance, swap_mask
 from portrait_edit.diffusion.noise import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS
 from portrait_edit.models.mcdm import MCDMConditioning
 from portrait_edit.systems.diffusion import DiffusionSystem
 
 # Guidance defaults (supplementary 1.3): image 3, spatial 3, text 5; UniPC, 20 steps.
 DEFAULT_SCALES = {"image": 3.0, "spatial": 3.0, "text": 5.0}
+# The training noise schedule, as the UniPC sampler's configuration.
+SCHEDULER = dict(
+    num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_start=BETA_START, beta_end=BETA_END,
+    beta_schedule="scaled_linear", prediction_type="epsilon",
+)  # fmt: skip
+# Drop flags (image, spatial, text) of the guidance branches e(0,0,0), e(im,0,0), e(im,s,0), e(im,s,p).
+GUIDANCE_BRANCHES = ((True, True, True), (False, True, True), (False, False, True), (False, False, False))
 
 
 # Pair-shard members (DESIGN.md §4) -> MCDM batch keys.
@@ -79,6 +86,7 @@ class MCDMSystem(DiffusionSystem):
         conditioning: an MCDMConditioning (its ablation switches use_spatial / use_image).
         p_swap: probability of the reconstruction swap (0.05 in the paper).
         scales: guidance scales recorded in the export ({image, spatial, text}; the paper's by default).
+        val_edits: inputs of the first validation batch edited and logged to W&B each validation (0: off).
         other arguments: as DiffusionSystem (paper: lr 5e-6, batch 4, 200k steps, EMA, bf16-mixed).
     """
 
@@ -88,6 +96,7 @@ class MCDMSystem(DiffusionSystem):
         conditioning: MCDMConditioning | None = None,
         p_swap: float = 0.05,
         scales: dict[str, float] | None = None,
+        val_edits: int = 4,
         lr: float = 5e-6,
         weight_decay: float = 1e-2,
         warmup_steps: int = 0,
@@ -124,6 +133,8 @@ class MCDMSystem(DiffusionSystem):
             gradient_checkpointing=gradient_checkpointing,
         )
         self.scales = {**DEFAULT_SCALES, **(scales or {})}
+        self.val_edits = val_edits
+        self._val_batch: dict[str, Any] | None = None
         if set(self.scales) != set(DEFAULT_SCALES):
             raise ValueError(f"scales takes {sorted(DEFAULT_SCALES)}, got {sorted(self.scales)}")
 
@@ -133,7 +144,79 @@ class MCDMSystem(DiffusionSystem):
         return swapped(batch, swap)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return super().validation_step(pair_batch(batch), batch_idx)
+        batch = pair_batch(batch)
+        if batch_idx == 0 and self.val_edits > 0:
+            self._val_batch = {k: v[: self.val_edits] for k, v in batch.items()}
+        return super().validation_step(batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        """Rank 0 edits the first validation inputs (no mask, the export's guidance, UniPC 20 steps) and
+        logs them to W&B as a table of x_A, x_B, the edit and p_b."""
+        batch, self._val_batch = self._val_batch, None
+        if batch is None or self.global_rank != 0 or self.trainer.sanity_checking:
+            return
+        from lightning.pytorch.loggers import WandbLogger
+
+        logger = next((lg for lg in self.loggers if isinstance(lg, WandbLogger)), None)
+        if logger is None or "source" not in batch or "image" not in batch:
+            return
+        import wandb
+
+        edits = self.sample_edits(batch)
+
+        def picture(x: torch.Tensor) -> wandb.Image:
+            return wandb.Image(((x.float().cpu().permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).byte().numpy())
+
+        rows = [
+            [picture(a), picture(b), picture(e), p]
+            for a, b, e, p in zip(batch["source"], batch["image"], edits, batch["caption"])
+        ]
+        table = wandb.Table(columns=["x_A", "x_B", "edit", "p_b"], data=rows)
+        logger.experiment.log({"val/edits": table, "trainer/global_step": self.global_step})
+
+    def branch_eps(
+        self, z: torch.Tensor, t: torch.Tensor, c_s: torch.Tensor | None, context: torch.Tensor
+    ) -> torch.Tensor:
+        """eps of the 4 guidance branches (none, image, image + spatial, all) in ONE UNet call: z (B, C, h, w),
+        c_s and context already laid out branch-major for 4B rows (see `branch_conditions`); (4B, C, h, w)."""
+        z4 = z.repeat(4, 1, 1, 1)
+        sample = z4 if c_s is None else torch.cat([z4, c_s.to(z4)], dim=1)
+        return self.unet(sample, t, encoder_hidden_states=context.to(z4)).sample
+
+    def branch_conditions(
+        self, batch: dict[str, Any]
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """c_s (4B, ...) or None, context (4B, ...) of the 4 branches, branch-major, and E(x_A) (B, ...)."""
+        c = self.conditioning
+        latent, clip, size = c.batch_sources(batch)
+        latent = latent.to(self.device)
+        text = c.cached_text(list(batch["caption"]))
+        count = len(latent)
+        drop = {
+            name: torch.tensor([flags[i] for flags in GUIDANCE_BRANCHES for _ in range(count)])
+            for i, name in enumerate(CONDITIONS)
+        }
+
+        def rep(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x.repeat(4, *([1] * (x.ndim - 1)))
+
+        c_s, context = c.conditions(rep(latent), rep(clip), rep(text), size, drop)
+        return c_s, context, latent
+
+    @torch.no_grad()
+    def sample_edits(self, batch: dict[str, Any], steps: int = 20, seed: int = 0) -> torch.Tensor:
+        """Edits (B, 3, H, W) in [-1, 1] of the batch's sources toward its captions: 3-way guidance with the
+        export's scales, no mask, UniPC, from seeded noise (the live weights, as validation sees them)."""
+        c_s, context, latent = self.branch_conditions(pair_batch(batch))
+        scheduler = UniPCMultistepScheduler(**SCHEDULER)
+        scheduler.set_timesteps(steps, device=self.device)
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+        z = noise.to(latent) * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            e_none, e_image, e_spatial, e_all = self.branch_eps(z, t, c_s, context).chunk(4)
+            eps = multi_guidance(e_none, e_image, e_spatial, e_all, *(self.scales[k] for k in CONDITIONS))
+            z = scheduler.step(eps, t, z).prev_sample
+        return self.vae.decode(z / self.vae.config.scaling_factor).sample.clamp(-1, 1)
 
     @rank_zero_only
     def export(self, out_dir: str | os.PathLike, dtype: torch.dtype = torch.float16) -> list[Path]:
@@ -155,10 +238,7 @@ class MCDMSystem(DiffusionSystem):
                 nn.Module.to(copy.deepcopy(part), dtype=dtype).save_pretrained(tmp, safe_serialization=True)
             shutil.rmtree(out / name, ignore_errors=True)
             tmp.rename(out / name)
-        scheduler = UniPCMultistepScheduler(
-            num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_start=BETA_START, beta_end=BETA_END,
-            beta_schedule="scaled_linear", prediction_type="epsilon",
-        )  # fmt: skip
+        scheduler = UniPCMultistepScheduler(**SCHEDULER)
         tmp = out / ".scheduler.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         scheduler.save_pretrained(tmp)
