@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch import Callback
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
@@ -251,3 +252,42 @@ def test_sample_edits_are_seeded_images(batch):
     assert one.shape == (2, 3, SIZE, SIZE) and one.min() >= -1 and one.max() <= 1
     assert torch.equal(one, system.sample_edits(batch, steps=2, seed=1))
     assert not torch.equal(one, system.sample_edits(batch, steps=2, seed=2))
+
+
+class RecordBatches(Callback):
+    """Writes each rank's training batch sizes to <out>/rank<r>.json at the end of fit."""
+
+    def __init__(self, out):
+        self.out, self.sizes = out, []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.sizes.append(len(batch["json"]))
+
+    def on_train_end(self, trainer, module):
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.sizes))
+
+
+@pytest.mark.slow
+def test_two_process_ddp_fit_on_pair_shards(tmp_path):
+    from lightning.pytorch import Trainer
+
+    from portrait_edit.data.shard_reader import PairShardsDataModule
+    from portrait_edit.data.shard_writer import ShardWriter
+    from portrait_edit.data.world_pairs import WorldPairsDataModule
+    from portrait_edit.systems.world_pairs import WorldPairsSystem
+
+    quiet = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    shards = tmp_path / "pairs"
+    writer = Trainer(callbacks=[ShardWriter(str(shards))], default_root_dir=str(tmp_path), **quiet)
+    jobs = WorldPairsDataModule(num_samples=12, shard_size=3, batch_size=6, seed=4)
+    writer.predict(WorldPairsSystem(size=SIZE), datamodule=jobs, return_predictions=False)
+    data = PairShardsDataModule(
+        str(shards), batch_size=2, num_workers=0, shuffle_buffer=4, samples_per_epoch=40
+    )
+    trainer = Trainer(
+        max_steps=10, devices=2, strategy="ddp_spawn", enable_checkpointing=False,
+        callbacks=[RecordBatches(tmp_path)], **quiet,
+    )  # fmt: skip
+    trainer.fit(mcdm(), datamodule=data)
+    sizes = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert sizes[0] == sizes[1] == [2] * 10  # equal, full batches on both ranks
