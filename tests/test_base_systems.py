@@ -142,6 +142,25 @@ def test_degrade_touches_only_the_chosen_images():
     assert torch.equal(degrade(images, p=0.0, blur_max=1.5, noise_max=0.1), images)
 
 
+def test_roundtrips_are_the_vae_reconstruction_computed_once(loader):
+    system = DirectionClassifierSystem(channels=[8, 16], roundtrip_vae="tiny", roundtrip_p=1.0)
+    batch = next(iter(loader))
+    vae = load_vae("tiny", torch_dtype=torch.float32)
+    with torch.no_grad():
+        expected = vae.decode(vae.encode(batch["image"]).latent_dist.mode()).sample.clamp(-1, 1)
+    calls = []
+    system.vae().encoder.register_forward_hook(lambda *a: calls.append(1))
+    indices = batch["index"].tolist()
+    first = system.cached_roundtrips(batch["image"], indices)
+    again = system.cached_roundtrips(batch["image"], indices)
+    assert calls == [1] and torch.equal(first, again)
+    assert (first - expected).abs().max().item() <= 1 / 127.5 + 1e-6  # stored as uint8
+    with pytest.raises(ValueError, match="index"):
+        system.training_step({"image": batch["image"], "label": batch["label"]}, 0)
+    with pytest.raises(ValueError, match="roundtrip_vae"):
+        DirectionClassifierSystem(roundtrip_p=0.5)
+
+
 def test_accuracy():
     logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
     assert accuracy(logits, torch.tensor([0, 1, 1])).tolist() == [1.0, 1.0, 0.0]
