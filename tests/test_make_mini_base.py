@@ -64,3 +64,14 @@ def test_each_in_process_stage_gets_its_own_wandb_run(tmp_path, monkeypatch):
         finish_wandb_run()
     assert ids[0] != ids[1]
     assert (tmp_path / "stage_b" / "wandb").is_dir()  # the second stage logs under its own run dir
+
+
+def test_stage_entries_from_two_runs_are_both_kept(tmp_path):
+    from make_mini_base import read_manifest, record_stage
+
+    path = tmp_path / "manifest.json"
+    first_run = read_manifest(path)  # a long run read the manifest at its start
+    record_stage(path, "classifier", {"steps": 1800})  # another run records its stage meanwhile
+    first_run = record_stage(path, "unet", {"steps": 4800})
+    assert first_run["stages"] == {"classifier": {"steps": 1800}, "unet": {"steps": 4800}}
+    assert read_manifest(path) == first_run

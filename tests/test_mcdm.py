@@ -200,28 +200,6 @@ def test_killed_and_resumed_training_equals_an_uninterrupted_run(tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_four_guidance_branches_in_one_call_equal_four_calls(batch):
-    from portrait_edit.systems.mcdm import GUIDANCE_BRANCHES
-
-    system = mcdm()
-    c = system.conditioning
-    with torch.no_grad():  # move the zero-initialised c_s slices, so the spatial branch matters
-        system.unet.conv_in.weight[:, 4:].normal_(0, 0.1)
-    c_s, context, latent = system.branch_conditions(batch)
-    z = torch.randn(latent.shape, generator=torch.Generator().manual_seed(3))
-    t = torch.tensor(500)
-    with torch.no_grad():
-        batched = system.branch_eps(z, t, c_s, context).chunk(4)
-        source_latent, clip, size = c.batch_sources(batch)
-        text = c.cached_text(batch["caption"])
-        for k, flags in enumerate(GUIDANCE_BRANCHES):
-            drop = {name: torch.tensor([flag] * 2) for name, flag in zip(("image", "spatial", "text"), flags)}
-            c_s_k, context_k = c.conditions(source_latent, clip, text, size, drop)
-            expected = system.unet(torch.cat([z, c_s_k], 1), t, encoder_hidden_states=context_k).sample
-            assert_close(batched[k], expected, rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(batched[1], batched[2])  # spatial on / off differ
-
-
 def test_validation_edits_the_first_inputs_into_a_wandb_table(batch, tmp_path, monkeypatch):
     from lightning.pytorch import Trainer
     from lightning.pytorch.loggers import WandbLogger

@@ -27,6 +27,8 @@ resumes (its checkpoint folder records the inputs it started from).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -57,7 +59,7 @@ STAGES = (
 
 # What each stage's models are trained on: a stage remade outdates the stages that use it.
 USES = {
-    "vae": ("pairs",), "clip": ("pairs",), "classifier": ("pairs",), "probe": ("pairs",),
+    "vae": ("pairs",), "clip": ("pairs",), "classifier": ("pairs", "vae"), "probe": ("pairs",),
     "unet": ("pairs", "vae", "clip"), "controlnet": ("pairs", "unet"),
 }  # fmt: skip
 
@@ -128,6 +130,32 @@ def set_aside_checkpoints(config: str) -> None:
             target = folder.with_name(f"{folder.name}.old-{stamp}-{n}")
         folder.rename(target)
         print(f"=== moved the old checkpoints to {target}", flush=True)
+
+
+@contextlib.contextmanager
+def manifest_lock(path: Path):
+    """An exclusive lock beside the manifest: two runs of different stages (e.g. `--only classifier` while
+    the UNet trains) may both record their stage."""
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_manifest(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {"stages": {}}
+
+
+def record_stage(path: Path, name: str, entry: dict) -> dict:
+    """Write one stage's entry into the manifest on disk (re-read under the lock, so entries that other
+    runs wrote meanwhile are kept); returns the manifest as written."""
+    with manifest_lock(path):
+        manifest = read_manifest(path)
+        manifest["stages"][name] = entry
+        atomic_write_json(path, manifest)
+    return manifest
 
 
 def inputs_of(manifest: dict, name: str) -> dict[str, str | None]:
@@ -215,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     out = DATA_DIR / "mini"
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"stages": {}}
+    manifest = read_manifest(manifest_path)
     extra = {"fit": shlex.split(args.fit_args), "predict": shlex.split(args.predict_args)}
     total = time.time()
     for name, subcommand, config in STAGES:
@@ -231,20 +259,24 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if subcommand == "fit":
             prepare_run_dir(config, inputs, force=name in args.force, stale=bool(stale))
-        manifest["stages"][name] = {
-            **run_stage(name, subcommand, config, extra[subcommand], done),
-            "inputs": inputs,
-        }
-        atomic_write_json(manifest_path, manifest)  # after every stage, so an interruption loses nothing
+        entry = {**run_stage(name, subcommand, config, extra[subcommand], done), "inputs": inputs}
+        manifest = record_stage(
+            manifest_path, name, entry
+        )  # after every stage: an interruption loses nothing
     shutil.copytree(PRESETS_DIR / "mini" / "scheduler", out / "scheduler", dirs_exist_ok=True)
-    manifest.update(
-        made_by="make mini-base (tools/make_mini_base.py)",
-        torch=torch.__version__,
-        total_wall_time_s=round(
-            sum(s.get("wall_time_total_s") or s.get("wall_time_s", 0) for s in manifest["stages"].values()), 1
-        ),
-    )
-    atomic_write_json(manifest_path, manifest)
+    with manifest_lock(manifest_path):
+        manifest = read_manifest(manifest_path)
+        manifest.update(
+            made_by="make mini-base (tools/make_mini_base.py)",
+            torch=torch.__version__,
+            total_wall_time_s=round(
+                sum(
+                    s.get("wall_time_total_s") or s.get("wall_time_s", 0) for s in manifest["stages"].values()
+                ),
+                1,
+            ),
+        )
+        atomic_write_json(manifest_path, manifest)
     print(f"\nmini base models in {out} ({time.time() - total:.0f} s this run); manifest: {manifest_path}")
     return 0
 

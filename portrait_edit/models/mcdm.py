@@ -109,6 +109,7 @@ class MCDMConditioning(TextConditioning):
         image_size, image_mean, image_std: how x_A is shown to CLIP (224 and OpenAI's statistics for
             ViT-L/14; the mini CLIP reads 64 x 64 images with mean = std = 0.5).
         seed: seed of the adapter's initial weights.
+        adapter: folder of a trained adapter (an MCDM export's image_adapter/) to start from; None: new.
     """
 
     def __init__(
@@ -126,6 +127,7 @@ class MCDMConditioning(TextConditioning):
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
         seed: int = 0,
+        adapter: str | None = None,
     ) -> None:
         super().__init__(caption_dropout=0.0)  # the text is dropped with the other conditions
         if not 0.0 <= p_drop <= 1.0:
@@ -137,6 +139,7 @@ class MCDMConditioning(TextConditioning):
         self.adapter_sizes = (num_image_tokens, latent_pool, mlp_ratio)
         self.seed = seed
         self.image_encoder_source = image_encoder
+        self.adapter_source = adapter
         # SD parts the system loads (an explicit image encoder is loaded in bind; none for "w/o image").
         self.parts = ("text_encoder", "tokenizer") + (
             ("image_encoder",) if use_image and image_encoder is None else ()
@@ -158,8 +161,15 @@ class MCDMConditioning(TextConditioning):
         if components.vae is None or components.unet is None:
             raise ValueError("MCDMConditioning needs the VAE and the UNet")
         self._vae = (components.vae,)
-        if self.use_spatial:
-            widen_conv_in(components.unet, 2 * components.unet.config.in_channels)
+        latent, unet_in = components.vae.config.latent_channels, components.unet.config.in_channels
+        wide = 2 * latent if self.use_spatial else latent
+        if unet_in == latent and wide > latent:
+            widen_conv_in(components.unet, wide)  # a base UNet: add the zero-initialised c_s slices
+        elif unet_in != wide:
+            raise ValueError(
+                f"the UNet reads {unet_in} channels; the MCDM needs {wide} (use_spatial={self.use_spatial}) "
+                f"or a base UNet with {latent}"
+            )
         if self.use_image:
             if self.image_encoder_source is not None:
                 image_encoder = load_image_encoder(self.image_encoder_source, torch_dtype=torch.float32)
@@ -183,9 +193,16 @@ class MCDMConditioning(TextConditioning):
                 latent_pool=pool,
                 mlp_ratio=ratio,
             )
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
-                self.adapter = ImageEmbeddingAdapter(config)
+            if self.adapter_source is not None:
+                self.adapter = ImageEmbeddingAdapter.from_pretrained(self.adapter_source).train()
+                if self.adapter.config != config:
+                    raise ValueError(
+                        f"adapter {self.adapter_source} is {self.adapter.config}, the model needs {config}"
+                    )
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self.seed)
+                    self.adapter = ImageEmbeddingAdapter(config)
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {"image_adapter": self.adapter} if self.adapter is not None else {}

@@ -21,8 +21,9 @@ from diffusers import UniPCMultistepScheduler
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from portrait_edit.diffusion.conditions import CONDITIONS, multi_guidance, swap_mask
+from portrait_edit.diffusion.conditions import swap_mask
 from portrait_edit.diffusion.noise import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS
+from portrait_edit.models.editor import MCDMEditor
 from portrait_edit.models.mcdm import MCDMConditioning
 from portrait_edit.systems.diffusion import DiffusionSystem
 
@@ -33,8 +34,6 @@ SCHEDULER = dict(
     num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_start=BETA_START, beta_end=BETA_END,
     beta_schedule="scaled_linear", prediction_type="epsilon",
 )  # fmt: skip
-# Drop flags (image, spatial, text) of the guidance branches e(0,0,0), e(im,0,0), e(im,s,0), e(im,s,p).
-GUIDANCE_BRANCHES = ((True, True, True), (False, True, True), (False, False, True), (False, False, False))
 
 
 # Pair-shard members (DESIGN.md §4) -> MCDM batch keys.
@@ -174,49 +173,16 @@ class MCDMSystem(DiffusionSystem):
         table = wandb.Table(columns=["x_A", "x_B", "edit", "p_b"], data=rows)
         logger.experiment.log({"val/edits": table, "trainer/global_step": self.global_step})
 
-    def branch_eps(
-        self, z: torch.Tensor, t: torch.Tensor, c_s: torch.Tensor | None, context: torch.Tensor
-    ) -> torch.Tensor:
-        """eps of the 4 guidance branches (none, image, image + spatial, all) in ONE UNet call: z (B, C, h, w),
-        c_s and context already laid out branch-major for 4B rows (see `branch_conditions`); (4B, C, h, w)."""
-        z4 = z.repeat(4, 1, 1, 1)
-        sample = z4 if c_s is None else torch.cat([z4, c_s.to(z4)], dim=1)
-        return self.unet(sample, t, encoder_hidden_states=context.to(z4)).sample
-
-    def branch_conditions(
-        self, batch: dict[str, Any]
-    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """c_s (4B, ...) or None, context (4B, ...) of the 4 branches, branch-major, and E(x_A) (B, ...)."""
-        c = self.conditioning
-        latent, clip, size = c.batch_sources(batch)
-        latent = latent.to(self.device)
-        text = c.cached_text(list(batch["caption"]))
-        count = len(latent)
-        drop = {
-            name: torch.tensor([flags[i] for flags in GUIDANCE_BRANCHES for _ in range(count)])
-            for i, name in enumerate(CONDITIONS)
-        }
-
-        def rep(x: torch.Tensor | None) -> torch.Tensor | None:
-            return None if x is None else x.repeat(4, *([1] * (x.ndim - 1)))
-
-        c_s, context = c.conditions(rep(latent), rep(clip), rep(text), size, drop)
-        return c_s, context, latent
-
     @torch.no_grad()
     def sample_edits(self, batch: dict[str, Any], steps: int = 20, seed: int = 0) -> torch.Tensor:
         """Edits (B, 3, H, W) in [-1, 1] of the batch's sources toward its captions: 3-way guidance with the
         export's scales, no mask, UniPC, from seeded noise (the live weights, as validation sees them)."""
-        c_s, context, latent = self.branch_conditions(pair_batch(batch))
-        scheduler = UniPCMultistepScheduler(**SCHEDULER)
-        scheduler.set_timesteps(steps, device=self.device)
-        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
-        z = noise.to(latent) * scheduler.init_noise_sigma
-        for t in scheduler.timesteps:
-            e_none, e_image, e_spatial, e_all = self.branch_eps(z, t, c_s, context).chunk(4)
-            eps = multi_guidance(e_none, e_image, e_spatial, e_all, *(self.scales[k] for k in CONDITIONS))
-            z = scheduler.step(eps, t, z).prev_sample
-        return self.vae.decode(z / self.vae.config.scaling_factor).sample.clamp(-1, 1)
+        batch = pair_batch(batch)
+        editor = MCDMEditor(self.unet, self.conditioning, self.scales, SCHEDULER)
+        p_a = batch.get("source_caption", batch["caption"])
+        return editor.edit(
+            batch["source"], p_a, batch["caption"], use_mask=False, steps=steps, seed=seed
+        ).images
 
     @rank_zero_only
     def export(self, out_dir: str | os.PathLike, dtype: torch.dtype = torch.float16) -> list[Path]:
@@ -248,6 +214,9 @@ class MCDMSystem(DiffusionSystem):
             "base": self.hparams.base,
             "use_spatial": c.use_spatial,
             "use_image": c.use_image,
+            "num_image_tokens": c.adapter_sizes[0],
+            "latent_pool": c.adapter_sizes[1],
+            "mlp_ratio": c.adapter_sizes[2],
             "clip_layer": c.clip_view[0],
             "image_size": c.clip_view[1],
             "image_mean": c.clip_view[2],

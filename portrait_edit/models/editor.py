@@ -1,0 +1,248 @@
+"""The edit pipeline (paper §3.4, supplementary 1.3): a trained MCDM, its model-made mask and Eq. 3.
+
+A plain class (no Lightning), used by `predict` and by evaluation. Per step of UniPC (20 steps):
+    eps(p) = 3-way guidance of e(0,0,0), e(im,0,0), e(im,s,0), e(im,s,p)   (scales 3 / 3 / 5)
+    eps_hat = eps(p_b) * M + eps(p_a) * (1 - M)                            (Eq. 3)
+eps(p_a) and eps(p_b) share their first three branches, so a step is 5 UNet evaluations, in ONE batched
+call. The mask M: E(x_A) noised to the 10th of the 20 timesteps with 10 seeds, one guided prediction under
+p_a and under p_b for each (all 10 x 5 branch rows in one call, chunked only for memory), then
+`diffusion.masks.edit_mask`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import UniPCMultistepScheduler
+from torch import nn
+
+from portrait_edit.diffusion.conditions import CONDITIONS, multi_guidance
+from portrait_edit.diffusion.masks import combine, edit_mask
+from portrait_edit.models.components import load_components
+from portrait_edit.models.mcdm import MCDMConditioning
+
+# Drop flags (image, spatial, text) and text of the 5 branches of an edit step: e(0,0,0), e(im,0,0),
+# e(im,s,0), e(im,s,p_a), e(im,s,p_b).
+EDIT_BRANCHES = (
+    ((True, True, True), "p_b"),
+    ((False, True, True), "p_b"),
+    ((False, False, True), "p_b"),
+    ((False, False, False), "p_a"),
+    ((False, False, False), "p_b"),
+)
+
+
+@dataclass
+class EditResult:
+    """images float (B, 3, H, W) in [-1, 1]; masks float (B, H, W) in {0, 1} (None without a mask) and the
+    soft map they were cut from, upsampled to the image size."""
+
+    images: torch.Tensor
+    masks: torch.Tensor | None
+    soft_masks: torch.Tensor | None
+
+
+class MCDMEditor:
+    """Edits portraits with a trained MCDM.
+
+    Args:
+        unet: the MCDM's UNet (widened when the spatial condition is used).
+        conditioning: the bound MCDMConditioning (frozen VAE, text and image encoders, trained adapter).
+        scales: guidance scales {image, spatial, text}.
+        scheduler_config: UniPC configuration (the training noise schedule).
+        max_rows: the most rows one UNet call may take (the mask's 10 seeds x 5 branches x B are chunked
+            above it); None: no limit.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        conditioning: MCDMConditioning,
+        scales: dict[str, float],
+        scheduler_config: dict,
+        max_rows: int | None = None,
+    ) -> None:
+        self.unet = unet.eval()
+        self.conditioning = conditioning.eval()
+        self.scales = dict(scales)
+        self.scheduler_config = dict(scheduler_config)
+        self.max_rows = max_rows
+        self.unet_calls = 0  # UNet evaluations (calls), counted for tests and benchmarks
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    ) -> MCDMEditor:
+        """Load an MCDM export (systems/mcdm.py: unet/, image_adapter/, vae/, text_encoder/, tokenizer/,
+        image_encoder/, scheduler/, mcdm.json)."""
+        folder = Path(folder)
+        settings_path = folder / "mcdm.json"
+        if not settings_path.is_file():
+            raise ValueError(f"{folder} is not an MCDM export (no mcdm.json); export one with an MCDM fit")
+        s = json.loads(settings_path.read_text())
+        conditioning = MCDMConditioning(
+            use_spatial=s["use_spatial"], use_image=s["use_image"], num_image_tokens=s["num_image_tokens"],
+            latent_pool=s["latent_pool"], mlp_ratio=s["mlp_ratio"], clip_layer=s["clip_layer"],
+            image_size=s["image_size"], image_mean=s["image_mean"], image_std=s["image_std"],
+            adapter=str(folder / "image_adapter") if s["use_image"] else None,
+        )  # fmt: skip
+        parts = ("vae", "unet", *conditioning.parts)
+        components = load_components(str(folder), parts=parts, torch_dtype=dtype)
+        conditioning.bind(components)
+        scheduler = UniPCMultistepScheduler.load_config(folder / "scheduler")
+        editor = cls(components.unet, conditioning.to(dtype), s["scales"], dict(scheduler))
+        editor.unet.to(device)
+        editor.conditioning.to(device)
+        components.vae.to(device)
+        return editor
+
+    @property
+    def vae(self) -> nn.Module:
+        return self.conditioning._vae[0]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def scheduler(self, steps: int) -> UniPCMultistepScheduler:
+        scheduler = UniPCMultistepScheduler.from_config(self.scheduler_config)
+        scheduler.set_timesteps(steps, device=self.device)
+        return scheduler
+
+    @torch.no_grad()
+    def branch_conditions(
+        self, sources: torch.Tensor, p_a: list[str], p_b: list[str]
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """c_s (5, B, C, h, w) or None and context (5, B, L, D) of the 5 edit branches (EDIT_BRANCHES)."""
+        c = self.conditioning
+        latent, clip, size = c.batch_sources({"source": sources.to(self.device)})
+        count = len(latent)
+        texts = {"p_a": c.cached_text(list(p_a)), "p_b": c.cached_text(list(p_b))}
+        drop = {
+            name: torch.tensor([flags[i] for flags, _ in EDIT_BRANCHES for _ in range(count)])
+            for i, name in enumerate(CONDITIONS)
+        }
+        text = torch.cat([texts[which] for _, which in EDIT_BRANCHES])
+
+        def rep(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x.repeat(len(EDIT_BRANCHES), *([1] * (x.ndim - 1)))
+
+        c_s, context = c.conditions(rep(latent), rep(clip), text, size, drop)
+        split = (len(EDIT_BRANCHES), count)
+        return (None if c_s is None else c_s.reshape(*split, *c_s.shape[1:])), context.reshape(
+            *split, *context.shape[1:]
+        )
+
+    def guided_eps(
+        self, z: torch.Tensor, t: torch.Tensor, c_s: torch.Tensor | None, context: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """eps(p_a) and eps(p_b) (3-way guidance) of latents z (R, C, h, w) whose rows are S copies of the B
+        inputs (seed-major: R = S * B): the 5 x R branch rows in one UNet call (chunked above max_rows)."""
+        branches, count = context.shape[:2]
+        copies = len(z) // count
+
+        def tiled(x: torch.Tensor) -> torch.Tensor:  # (5, B, ...) -> (5 * S * B, ...), seed-major per branch
+            return x[:, None].expand(branches, copies, *x.shape[1:]).reshape(-1, *x.shape[2:])
+
+        sample = z.repeat(branches, 1, 1, 1)
+        if c_s is not None:
+            sample = torch.cat([sample, tiled(c_s).to(sample)], dim=1)
+        states = tiled(context).to(sample)
+        step = len(sample) if self.max_rows is None else self.max_rows
+        outputs = []
+        for start in range(0, len(sample), step):
+            self.unet_calls += 1
+            outputs.append(
+                self.unet(
+                    sample[start : start + step], t, encoder_hidden_states=states[start : start + step]
+                ).sample
+            )
+        e_none, e_image, e_spatial, e_a, e_b = torch.cat(outputs).float().chunk(branches)
+        scales = [self.scales[k] for k in CONDITIONS]
+        return multi_guidance(e_none, e_image, e_spatial, e_a, *scales), multi_guidance(
+            e_none, e_image, e_spatial, e_b, *scales
+        )
+
+    @torch.no_grad()
+    def mask(
+        self,
+        sources: torch.Tensor,
+        p_a: list[str],
+        p_b: list[str],
+        threshold: float,
+        seeds: int = 10,
+        steps: int = 20,
+        mask_step: int = 10,
+        seed: int = 0,
+        conditions: tuple[torch.Tensor | None, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The edit mask M and its soft map, float (B, h, w) at latent resolution.
+
+        E(x_A) is noised to the `mask_step`-th (1-based) of `steps` UniPC timesteps with `seeds` noises
+        (seeded by `seed`), and the guided predictions under p_a and p_b are compared."""
+        c_s, context = conditions or self.branch_conditions(sources, p_a, p_b)
+        latent, _, _ = self.conditioning.batch_sources({"source": sources.to(self.device)})
+        scheduler = self.scheduler(steps)
+        t = scheduler.timesteps[mask_step - 1]
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn((seeds, *latent.shape), generator=generator).to(latent)
+        noisy = scheduler.add_noise(latent.repeat(seeds, 1, 1, 1), noise.flatten(0, 1), t.reshape(1))
+        eps_a, eps_b = self.guided_eps(noisy, t, c_s, context)
+        return edit_mask(eps_a, eps_b, seeds, threshold)
+
+    @torch.no_grad()
+    def edit(
+        self,
+        sources: torch.Tensor,
+        p_a: list[str],
+        p_b: list[str],
+        threshold: float = 0.2,
+        use_mask: bool = True,
+        steps: int = 20,
+        seed: int = 0,
+        mask_seeds: int = 10,
+        mask_step: int = 10,
+    ) -> EditResult:
+        """Edit sources (B, 3, H, W) in [-1, 1] from p_a toward p_b.
+
+        Args:
+            threshold: lambda of the mask (0.2 costume, 0.35 cartoon expression).
+            use_mask: Eq. 3 with the model-made mask; False: eps(p_b) alone (the "w/o mask" ablation).
+            steps: UniPC steps (20 in the paper).
+            seed: seeds the sampling noise z_T (and the mask's noises, with seed + 1).
+        """
+        c_s, context = self.branch_conditions(sources, p_a, p_b)
+        mask = soft = None
+        if use_mask:
+            mask, soft = self.mask(
+                sources, p_a, p_b, threshold, mask_seeds, steps, mask_step, seed + 1, (c_s, context)
+            )
+        latent_shape = (len(sources), self.vae.config.latent_channels, *context_size(sources, self.vae))
+        scheduler = self.scheduler(steps)
+        noise = torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed))
+        z = noise.to(self.device) * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            eps_a, eps_b = self.guided_eps(z, t, c_s, context)
+            eps = combine(eps_a, eps_b, mask) if mask is not None else eps_b
+            z = scheduler.step(eps.to(z), t, z).prev_sample
+        images = (
+            self.vae.decode((z / self.vae.config.scaling_factor).to(self.vae.dtype))
+            .sample.float()
+            .clamp(-1, 1)
+        )
+        size = tuple(images.shape[-2:])
+
+        def upsampled(m: torch.Tensor | None) -> torch.Tensor | None:
+            return None if m is None else F.interpolate(m[:, None], size=size, mode="nearest")[:, 0]
+
+        return EditResult(images, upsampled(mask), upsampled(soft))
+
+
+def context_size(sources: torch.Tensor, vae: nn.Module) -> tuple[int, int]:
+    """The latent (h, w) of images (B, 3, H, W) for a VAE with len(block_out_channels) - 1 downsamplings."""
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    return sources.shape[-2] // scale, sources.shape[-1] // scale
