@@ -89,6 +89,7 @@ class MCDMEditor:
             latent_pool=s["latent_pool"], mlp_ratio=s["mlp_ratio"], clip_layer=s["clip_layer"],
             image_size=s["image_size"], image_mean=s["image_mean"], image_std=s["image_std"],
             adapter=str(folder / "image_adapter") if s["use_image"] else None,
+            image_encoder=str(folder) if s["use_image"] else None,
         )  # fmt: skip
         parts = ("vae", "unet", *conditioning.parts)
         components = load_components(str(folder), parts=parts, torch_dtype=dtype)

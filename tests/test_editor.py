@@ -1,0 +1,157 @@
+"""Mask-guided editing: the mask maths (diffusion/masks.py) against hand values and torchvision, the
+5-branch batched step against the 8-call formulation, UNet calls per edit, and the two-condition case
+against diffusers' InstructPix2Pix pipeline."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, StableDiffusionInstructPix2PixPipeline
+from torch.testing import assert_close
+from torchvision.transforms.v2 import functional as TF
+
+from portrait_edit.diffusion.conditions import multi_guidance
+from portrait_edit.diffusion.masks import blur, combine, edit_mask, normalise, prediction_difference
+from portrait_edit.models.editor import MCDMEditor
+from portrait_edit.models.mcdm import MCDMConditioning
+from portrait_edit.systems.mcdm import SCHEDULER, MCDMSystem
+from portrait_edit.world import DIRECTIONS, make_pair
+
+SIZE = 32
+TINY_CLIP = dict(image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3, num_image_tokens=3)
+
+
+def test_prediction_difference_by_hand():
+    # 2 seeds x 1 input, 2 channels, 1 x 2 positions.
+    pred_a = torch.zeros(2, 2, 1, 2)
+    pred_b = torch.tensor([[[[1.0, 0.0]], [[3.0, 2.0]]], [[[-1.0, 4.0]], [[1.0, 0.0]]]])
+    # Seed 0: channel means of |b - a| = (2, 1); seed 1: (1, 2); mean over seeds (1.5, 1.5).
+    assert_close(prediction_difference(pred_a, pred_b, seeds=2), torch.tensor([[[1.5, 1.5]]]))
+    assert_close(
+        normalise(torch.tensor([[[1.0, 3.0], [2.0, 5.0]]])), torch.tensor([[[0.0, 0.5], [0.25, 1.0]]])
+    )
+    assert torch.equal(normalise(torch.ones(1, 2, 2)), torch.zeros(1, 2, 2))
+
+
+def test_blur_is_torchvisions_gaussian_blur_kernel_5():
+    maps = torch.rand(3, 12, 9, generator=torch.Generator().manual_seed(0))
+    expected = TF.gaussian_blur(maps[:, None], kernel_size=[5, 5])[:, 0]  # sigma 1.1, reflect padding
+    assert_close(blur(maps, 5), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_eq3_and_threshold_by_hand():
+    eps_a, eps_b = torch.zeros(1, 2, 1, 2), torch.ones(1, 2, 1, 2)
+    assert_close(
+        combine(eps_a, eps_b, torch.tensor([[[1.0, 0.0]]])), torch.tensor([[[[1.0, 0.0]], [[1.0, 0.0]]]])
+    )
+    pred_a = torch.zeros(1, 1, 6, 6)
+    pred_b = torch.zeros(1, 1, 6, 6)
+    pred_b[..., 0:3, 0:3] = 1.0  # the top-left quarter differs
+    mask, soft = edit_mask(pred_a, pred_b, seeds=1, threshold=0.5)
+    assert mask[0, 0, 0] == 1 and mask[0, 5, 5] == 0 and 0 <= soft.min() and soft.max() <= 1
+
+
+@pytest.fixture(scope="module")
+def editor_and_batch():
+    system = MCDMSystem(base="tiny", conditioning=MCDMConditioning(**TINY_CLIP), val_edits=0)
+    with torch.no_grad():  # move the zero-initialised c_s slices, so that the spatial branch matters
+        system.unet.conv_in.weight[:, 4:].normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+    pairs = [make_pair(seed, DIRECTIONS[seed], size=SIZE) for seed in (1, 6)]
+    sources = torch.from_numpy(np.stack([p.src for p in pairs])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    p_a, p_b = [p.prompts["p_a"] for p in pairs], [p.prompts["p_b"] for p in pairs]
+    editor = MCDMEditor(
+        system.unet, system.conditioning, {"image": 3.0, "spatial": 3.0, "text": 5.0}, SCHEDULER
+    )
+    return editor, sources, p_a, p_b
+
+
+def test_batched_five_branches_equal_the_eight_call_formulation(editor_and_batch):
+    editor, sources, p_a, p_b = editor_and_batch
+    c = editor.conditioning
+    c_s, context = editor.branch_conditions(sources, p_a, p_b)
+    z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor(600)
+    editor.unet_calls = 0
+    with torch.no_grad():
+        eps_a, eps_b = editor.guided_eps(z, t, c_s, context)
+        assert editor.unet_calls == 1
+        latent, clip, size = c.batch_sources({"source": sources})
+        branches = {"none": (True, True, True), "image": (False, True, True), "spatial": (False, False, True)}
+        for prompts, got in ((p_a, eps_a), (p_b, eps_b)):
+            text = c.encode_text(prompts)
+            e = {}
+            for name, flags in {**branches, "all": (False, False, False)}.items():
+                drop = {k: torch.tensor([f, f]) for k, f in zip(("image", "spatial", "text"), flags)}
+                c_s_k, context_k = c.conditions(latent, clip, text, size, drop)
+                e[name] = editor.unet(torch.cat([z, c_s_k], 1), t, encoder_hidden_states=context_k).sample
+            expected = multi_guidance(e["none"], e["image"], e["spatial"], e["all"], 3.0, 3.0, 5.0)
+            assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(eps_a, eps_b)
+
+
+@pytest.mark.parametrize("max_rows", [None, 16])
+def test_unet_calls_per_edit(editor_and_batch, max_rows):
+    editor, sources, p_a, p_b = editor_and_batch
+    editor.max_rows, editor.unet_calls = max_rows, 0
+    result = editor.edit(sources, p_a, p_b, threshold=0.2, steps=20, mask_seeds=10)
+    rows_step, rows_mask = 5 * 2, 10 * 5 * 2
+    chunks = (lambda rows: 1) if max_rows is None else (lambda rows: math.ceil(rows / max_rows))
+    assert editor.unet_calls == 20 * chunks(rows_step) + chunks(rows_mask)
+    assert result.images.shape == (2, 3, SIZE, SIZE) and result.masks.shape == (2, SIZE, SIZE)
+    assert set(result.masks.unique().tolist()) <= {0.0, 1.0}
+    editor.max_rows, editor.unet_calls = None, 0
+    plain = editor.edit(sources, p_a, p_b, use_mask=False, steps=3)
+    assert editor.unet_calls == 3 and plain.masks is None
+
+
+def test_two_condition_case_is_instruct_pix2pix_guidance(tiny_sd):
+    """Without the image embedding, e(im,0,0) = e(0,0,0) and the 3-way guidance is InstructPix2Pix's
+    combination with image_guidance_scale = s2 and guidance_scale = s3: checked against the pipeline, whose
+    UNet outputs are set per branch and whose combined prediction is read at the scheduler."""
+    unet = MCDMSystem(base="tiny", conditioning=MCDMConditioning(**TINY_CLIP, use_image=False)).unet
+    gen = torch.Generator().manual_seed(3)
+    e_all, e_image, e_none = (torch.randn(1, 4, 16, 16, generator=gen) for _ in range(3))
+    # diffusers orders the rows (text + image, image, unconditional).
+    unet.register_forward_hook(lambda module, args, out: (torch.cat([e_all, e_image, e_none]),))
+    scheduler = DDIMScheduler(**SCHEDULER)
+    seen = []
+    step = scheduler.step
+    scheduler.step = lambda model_output, *a, **kw: (seen.append(model_output), step(model_output, *a, **kw))[
+        1
+    ]
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=tiny_sd.vae, text_encoder=tiny_sd.text_encoder, tokenizer=tiny_sd.tokenizer, unet=unet,
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.zeros(1, 3, SIZE, SIZE)
+    pipe(
+        "a photo",
+        image=image,
+        num_inference_steps=1,
+        guidance_scale=5.0,
+        image_guidance_scale=3.0,
+        output_type="latent",
+    )
+    ours = multi_guidance(e_none, e_none, e_image, e_all, s_image=7.0, s_spatial=3.0, s_text=5.0)
+    assert_close(seen[0], ours)
+
+
+def test_editor_loads_an_export_and_predicts_what_the_system_did(editor_and_batch, tmp_path):
+    editor, sources, p_a, p_b = editor_and_batch
+    system = MCDMSystem(base="tiny", conditioning=MCDMConditioning(**TINY_CLIP), val_edits=0, use_ema=False)
+    with torch.no_grad():
+        system.unet.conv_in.weight[:, 4:].normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+    system.export(tmp_path, dtype=torch.float32)
+    loaded = MCDMEditor.from_pretrained(tmp_path)
+    live = MCDMEditor(system.unet, system.conditioning, system.scales, SCHEDULER)
+    z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor(300)
+    with torch.no_grad():
+        expected = live.guided_eps(z, t, *live.branch_conditions(sources, p_a, p_b))
+        got = loaded.guided_eps(z, t, *loaded.branch_conditions(sources, p_a, p_b))
+    for a, b in zip(got, expected):
+        assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="mcdm.json"):
+        MCDMEditor.from_pretrained(tmp_path / "unet")
