@@ -42,7 +42,7 @@ from portrait_edit.world import make_face
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-IMAGE_FIELDS = ("png", "jpg", "jpeg", "webp")
+IMAGE_FIELDS = ("png", "jpg", "jpeg", "webp", "src.png")  # src.png: the x_A of pair shards
 
 
 def square_face(img: Image.Image, size: int) -> torch.Tensor:
@@ -172,7 +172,7 @@ class FaceImagesDataModule(LightningDataModule):
         if self.dataset is not None:
             return
         hp = self.hparams
-        self.dataset = FaceImagesDataset(hp.root, hp.image_size)
+        self.dataset = self.make_dataset()
         known = json.loads(Path(hp.genders).read_text()) if hp.genders else {}
         if hp.gender_cache and Path(hp.gender_cache).is_file():
             known = {**json.loads(Path(hp.gender_cache).read_text()), **known}
@@ -184,6 +184,9 @@ class FaceImagesDataModule(LightningDataModule):
         missing = [i for i, g in enumerate(ds.genders) if not g]
         if missing:
             self._zero_shot(missing)
+
+    def make_dataset(self) -> FaceImagesDataset:
+        return FaceImagesDataset(self.hparams.root, self.hparams.image_size)
 
     def _zero_shot(self, missing: list[int]) -> None:
         hp, ds = self.hparams, self.dataset

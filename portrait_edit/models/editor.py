@@ -12,6 +12,7 @@ p_a and under p_b for each (all 10 x 5 branch rows in one call, chunked only for
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,18 +178,21 @@ class MCDMEditor:
         threshold: float,
         seeds: int = 10,
         steps: int = 20,
-        mask_step: int = 10,
+        mask_at: float = 0.5,
         seed: int = 0,
         conditions: tuple[torch.Tensor | None, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The edit mask M and its soft map, float (B, h, w) at latent resolution.
 
-        E(x_A) is noised to the `mask_step`-th (1-based) of `steps` UniPC timesteps with `seeds` noises
-        (seeded by `seed`), and the guided predictions under p_a and p_b are compared."""
+        E(x_A) is noised to the timestep `mask_at` of the way through the `steps` UniPC timesteps (0.5 of
+        20: the 10th) with `seeds` noises (seeded by `seed`), and the guided predictions under p_a and p_b
+        are compared."""
+        if not 0 < mask_at <= 1:
+            raise ValueError(f"mask_at must be in (0, 1], got {mask_at}")
         c_s, context = conditions or self.branch_conditions(sources, p_a, p_b)
         latent, _, _ = self.conditioning.batch_sources({"source": sources.to(self.device)})
         scheduler = self.scheduler(steps)
-        t = scheduler.timesteps[mask_step - 1]
+        t = scheduler.timesteps[math.ceil(mask_at * steps) - 1]
         generator = torch.Generator().manual_seed(seed)
         noise = torch.randn((seeds, *latent.shape), generator=generator).to(latent)
         noisy = scheduler.add_noise(latent.repeat(seeds, 1, 1, 1), noise.flatten(0, 1), t.reshape(1))
@@ -206,7 +210,7 @@ class MCDMEditor:
         steps: int = 20,
         seed: int = 0,
         mask_seeds: int = 10,
-        mask_step: int = 10,
+        mask_at: float = 0.5,
     ) -> EditResult:
         """Edit sources (B, 3, H, W) in [-1, 1] from p_a toward p_b.
 
@@ -220,7 +224,7 @@ class MCDMEditor:
         mask = soft = None
         if use_mask:
             mask, soft = self.mask(
-                sources, p_a, p_b, threshold, mask_seeds, steps, mask_step, seed + 1, (c_s, context)
+                sources, p_a, p_b, threshold, mask_seeds, steps, mask_at, seed + 1, (c_s, context)
             )
         latent_shape = (len(sources), self.vae.config.latent_channels, *context_size(sources, self.vae))
         scheduler = self.scheduler(steps)

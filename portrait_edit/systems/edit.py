@@ -1,0 +1,165 @@
+"""Mask-guided editing as `predict` (paper §3.4): every input portrait edited in every direction.
+
+`EditSystem.predict_step` edits a batch of inputs in all directions at once (B x D rows through
+`MCDMEditor`) and returns one record per input; `EditWriter` writes, per input, into `<output_dir>/<name>/`:
+`<direction>.png` (the edit), `<direction>_mask.png` (the model-made mask), `sticker.png` (the input and
+every direction in one row: the paper's sticker-pack application) and, last, `edit.json` (prompts, scales,
+seed, lambda, model). Files are written atomically; an input with `edit.json` is finished and a rerun
+skips it. Inputs that could not be read are listed with the reason in `report-r<rank>.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from portrait_edit import __version__
+from portrait_edit.data.edit_inputs import DONE_FILE
+from portrait_edit.data.images import encode_png, to_uint8
+from portrait_edit.data.prompts import prompts_for, task_for_direction
+from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_json
+from portrait_edit.models.editor import MCDMEditor
+
+log = logging.getLogger(__name__)
+
+# lambda per task (supplementary 1.3): costume 0.2, cartoon expression 0.35.
+THRESHOLDS = {"costume": 0.2, "expression": 0.35}
+
+
+class EditSystem(LightningModule):
+    """Edits portraits with an exported MCDM.
+
+    Args:
+        model: the MCDM export folder (systems/mcdm.py writes it: data/mini/mcdm, outputs/costume/mcdm).
+        directions: edit directions (e.g. santa, royal); each input is edited in every one.
+        threshold: lambda of the mask; None: per task (costume 0.2, expression 0.35).
+        use_mask: Eq. 3 with the model-made mask (False: the "w/o mask" ablation).
+        steps: UniPC steps (20).
+        seed: sampling seed of every edit (the same for all inputs and directions: comparable rows).
+        mask_seeds: noises averaged by the mask (10).
+        max_rows: most rows per UNet call (the mask's 10 x 5 x B x D are chunked above it); None: no limit.
+        dtype: float32, float16 or bfloat16 weights.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        directions: list[str],
+        threshold: float | None = None,
+        use_mask: bool = True,
+        steps: int = 20,
+        seed: int = 0,
+        mask_seeds: int = 10,
+        max_rows: int | None = None,
+        dtype: str = "float32",
+    ) -> None:
+        super().__init__()
+        if not directions:
+            raise ValueError("give at least one direction to edit in")
+        for direction in directions:
+            task_for_direction(direction)  # raises, naming the known directions, for an unknown one
+        self.save_hyperparameters()
+        self.editor = MCDMEditor.from_pretrained(model, dtype=getattr(torch, dtype))
+        self.editor.max_rows = max_rows
+
+    def on_predict_start(self) -> None:
+        # The editor's modules are not registered with Lightning: move them with the system.
+        for module in (self.editor.unet, self.editor.conditioning, self.editor.vae):
+            module.to(self.device)
+
+    def threshold_for(self, direction: str) -> float:
+        if self.hparams.threshold is not None:
+            return self.hparams.threshold
+        return THRESHOLDS.get(task_for_direction(direction), 0.2)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        directions = list(self.hparams.directions)
+        records = [{"name": n, "gender": g, "edits": {}} for n, g in zip(batch["name"], batch["gender"])]
+        if records:
+            count = len(records)
+            sources = batch["image"].repeat(len(directions), 1, 1, 1)  # direction-major rows
+            prompts = [prompts_for(d, g) for d in directions for g in batch["gender"]]
+            thresholds = [self.threshold_for(d) for d in directions]
+            # One lambda per call: directions of one task share it, so group the rows by threshold.
+            for value in sorted(set(thresholds)):
+                rows = [k * count + i for k, t in enumerate(thresholds) if t == value for i in range(count)]
+                result = self.editor.edit(
+                    sources[rows], [prompts[r]["p_a"] for r in rows], [prompts[r]["p_b"] for r in rows],
+                    threshold=value, use_mask=self.hparams.use_mask, steps=self.hparams.steps,
+                    seed=self.hparams.seed, mask_seeds=self.hparams.mask_seeds,
+                )  # fmt: skip
+                for j, r in enumerate(rows):
+                    direction, record = directions[r // count], records[r % count]
+                    mask = (
+                        None
+                        if result.masks is None
+                        else to_uint8(result.masks[j][None].repeat(3, 1, 1) * 2 - 1)
+                    )
+                    record["edits"][direction] = {
+                        "image": to_uint8(result.images[j]), "mask": mask, "prompts": prompts[r], "threshold": value,
+                    }  # fmt: skip
+            for record, image in zip(records, batch["image"]):
+                record["input"] = to_uint8(image)
+        return {"records": records, "failed": batch.get("failed", [])}
+
+
+def sticker_sheet(record: dict[str, Any], directions: list[str]) -> np.ndarray:
+    """The input followed by its edit in each direction, in one row (uint8 (S, (1 + D) S, 3))."""
+    return np.concatenate([record["input"]] + [record["edits"][d]["image"] for d in directions], axis=1)
+
+
+class EditWriter(BasePredictionWriter):
+    """Writes EditSystem's records (module docstring) into `output_dir`."""
+
+    def __init__(self, output_dir: str) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+        self.done = 0
+        self.failed: list[dict[str, str]] = []
+
+    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.done, self.failed = 0, []
+
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
+    ):
+        directions = list(pl_module.hparams.directions)
+        for name, reason in prediction["failed"]:
+            self.failed.append({"name": name, "reason": reason})
+        for record in prediction["records"]:
+            folder = self.output_dir / record["name"]
+            folder.mkdir(parents=True, exist_ok=True)
+            for direction, edit in record["edits"].items():
+                atomic_write_bytes(folder / f"{direction}.png", encode_png(edit["image"]))
+                if edit["mask"] is not None:
+                    atomic_write_bytes(folder / f"{direction}_mask.png", encode_png(edit["mask"]))
+            atomic_write_bytes(folder / "sticker.png", encode_png(sticker_sheet(record, directions)))
+            hp = pl_module.hparams
+            atomic_write_json(  # last: its presence marks the input finished
+                folder / DONE_FILE,
+                {
+                    "name": record["name"], "gender": record["gender"], "model": str(hp.model),
+                    "directions": {d: {"prompts": e["prompts"], "threshold": e["threshold"]} for d, e in record["edits"].items()},
+                    "scales": pl_module.editor.scales, "seed": hp.seed, "steps": hp.steps, "use_mask": hp.use_mask,
+                    "mask_seeds": hp.mask_seeds, "version": __version__,
+                },
+            )  # fmt: skip
+            self.done += 1
+
+    def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
+        report = {"edited": self.done, "failed": self.failed, "output_dir": str(self.output_dir)}
+        atomic_write_json(self.output_dir / f"report-r{trainer.global_rank}.json", report)
+        message = f"edited {self.done} inputs into {self.output_dir}"
+        if self.failed:
+            message += (
+                f"; {len(self.failed)} could not be read (listed in report-r{trainer.global_rank}.json)"
+            )
+        log.info(message)
+        print(message)

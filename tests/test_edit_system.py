@@ -1,0 +1,71 @@
+"""`predict` with EditSystem + EditWriter on a tiny exported MCDM: every input in every direction, masks,
+sticker sheets and JSON written, unreadable inputs reported, finished inputs skipped on a rerun."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from PIL import Image
+
+from portrait_edit.data.edit_inputs import EditInputsDataModule
+from portrait_edit.models.mcdm import MCDMConditioning
+from portrait_edit.systems.edit import EditSystem, EditWriter
+from portrait_edit.systems.mcdm import MCDMSystem
+from portrait_edit.world import make_pair
+
+SIZE = 32
+QUIET = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mcdm")
+    conditioning = MCDMConditioning(
+        image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3, num_image_tokens=3
+    )
+    MCDMSystem(base="tiny", conditioning=conditioning, val_edits=0).export(folder, dtype=torch.float32)
+    return folder
+
+
+def run(model, inputs, out, genders):
+    data = EditInputsDataModule(
+        str(inputs), str(out), image_size=SIZE, batch_size=2, num_workers=0, genders=str(genders)
+    )
+    system = EditSystem(str(model), directions=["santa", "angry"], steps=2, mask_seeds=2)
+    Trainer(callbacks=[EditWriter(str(out))], **QUIET).predict(
+        system, datamodule=data, return_predictions=False
+    )
+
+
+def test_edits_every_input_in_every_direction_and_reports_bad_files(model, tmp_path):
+    inputs, out = tmp_path / "inputs", tmp_path / "edits"
+    inputs.mkdir()
+    for k, seed in enumerate((3, 4, 5)):
+        Image.fromarray(make_pair(seed, "santa", size=SIZE).src).save(inputs / f"person{k}.png")
+    (inputs / "broken.png").write_bytes(b"not a png")
+    genders = tmp_path / "genders.json"
+    genders.write_text(
+        json.dumps({"person0": "woman", "person1": "man", "person2": "woman", "broken": "man"})
+    )
+    run(model, inputs, out, genders)
+    for k in range(3):
+        folder = out / f"person{k}"
+        for direction in ("santa", "angry"):
+            assert np.asarray(Image.open(folder / f"{direction}.png")).shape == (SIZE, SIZE, 3)
+            assert set(np.unique(np.asarray(Image.open(folder / f"{direction}_mask.png")))) <= {0, 255}
+        assert np.asarray(Image.open(folder / "sticker.png")).shape == (SIZE, 3 * SIZE, 3)
+        meta = json.loads((folder / "edit.json").read_text())
+        assert meta["directions"]["santa"]["prompts"]["p_b"].startswith("a " + ("woman" if k != 1 else "man"))
+        assert (
+            meta["directions"]["angry"]["threshold"] == 0.35
+            and meta["directions"]["santa"]["threshold"] == 0.2
+        )
+    report = json.loads((out / "report-r0.json").read_text())
+    assert report["edited"] == 3 and [f["name"] for f in report["failed"]] == ["broken"]
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    run(model, inputs, out, genders)  # a rerun: the finished inputs are skipped
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    assert json.loads((out / "report-r0.json").read_text())["edited"] == 0
+    assert not list(out.rglob("*.tmp*"))
