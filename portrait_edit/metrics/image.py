@@ -1,0 +1,135 @@
+"""Image metrics of the evaluation (paper §4, Table 1), on images in [-1, 1].
+
+- `ssim`: torchmetrics' SSIM (Gaussian window 11, sigma 1.5, data_range fixed to 1 on [0, 1] images),
+  one value per image; `masked_ssim` averages the SSIM map over a region (preservation outside the edit).
+- `frechet_distance` / `feature_stats`: the FID formula on any feature arrays (Inception features with
+  clean-fid's extractor for FID proper; the mini CLIP's image features for the mini world, reported as
+  "FID (mini CLIP)").
+- `mask_iou`: intersection over union of binary masks.
+- `LPIPSMetric`: the lpips package's AlexNet LPIPS; the backbone's weights come from a local file or
+  TORCH_HOME (nothing is downloaded): without them it is unavailable, with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import linalg
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+
+def _unit(images: torch.Tensor) -> torch.Tensor:
+    return ((images.float() + 1) / 2).clamp(0, 1)
+
+
+def ssim(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SSIM of each image pair (B, 3, H, W) in [-1, 1]: float (B,) (data_range 1 on [0, 1] images)."""
+    return structural_similarity_index_measure(
+        _unit(prediction), _unit(target), data_range=1.0, reduction="none"
+    )
+
+
+def masked_ssim(prediction: torch.Tensor, target: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """Mean of the SSIM map (channel-averaged) over `region` (B, H, W) in {0, 1}: float (B,) (NaN where
+    the region is empty)."""
+    _, full = structural_similarity_index_measure(
+        _unit(prediction), _unit(target), data_range=1.0, reduction="none", return_full_image=True
+    )
+    ssim_map = full.mean(dim=1)  # (B, H, W)
+    region = region.to(ssim_map)
+    return (ssim_map * region).flatten(1).sum(1) / region.flatten(1).sum(1)
+
+
+def mask_iou(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU of binary masks (B, H, W) (> 0.5 is inside): float (B,); 1 where both are empty."""
+    a, b = prediction > 0.5, target > 0.5
+    inter = (a & b).flatten(1).sum(1).float()
+    union = (a | b).flatten(1).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and covariance (D, D) (unbiased, as numpy's cov) of features (N, D), float64."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or len(features) < 2:
+        raise ValueError(f"need at least 2 feature vectors (N, D); got shape {features.shape}")
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Dowson and Landau; FID's formula). A singular
+    product gets eps on the diagonals first; the tiny imaginary part sqrtm can return is dropped."""
+    diff = mu1 - mu2
+    covmean, _ = linalg.sqrtm(sigma1 @ sigma2, disp=False)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    covmean = np.real(covmean)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between two feature sets (N, D) and (M, D)."""
+    return frechet_distance(*feature_stats(a), *feature_stats(b))
+
+
+class MetricUnavailable(RuntimeError):
+    """A metric whose weights are not on this machine: reported as unavailable with this reason."""
+
+
+class LPIPSMetric:
+    """AlexNet LPIPS (lpips package, version 0.1: its shipped linear layers) on images in [-1, 1].
+
+    Args:
+        backbone: AlexNet weights file (torchvision's alexnet-owt-7be5be79.pth state dict); None: the
+            copy in TORCH_HOME's hub cache if there is one.
+        random_backbone: use a random (seeded) backbone instead: for tests only, not a real LPIPS.
+    """
+
+    WEIGHTS_NAME = "alexnet-owt-7be5be79.pth"
+
+    def __init__(self, backbone: str | None = None, random_backbone: bool = False, seed: int = 0) -> None:
+        import lpips
+
+        if not random_backbone:
+            backbone = backbone or self.cached_backbone()
+            if backbone is None or not Path(backbone).is_file():
+                raise MetricUnavailable(
+                    f"LPIPS needs AlexNet weights ({self.WEIGHTS_NAME}); none at {backbone or 'TORCH_HOME/hub/checkpoints'}:"
+                    " put them there or pass lpips_backbone=<file>"
+                )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
+        if not random_backbone:
+            state = torch.load(backbone, map_location="cpu", weights_only=True)
+            features = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
+            self.load_backbone(features)
+
+    @classmethod
+    def cached_backbone(cls) -> str | None:
+        home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+        path = home / "hub" / "checkpoints" / cls.WEIGHTS_NAME
+        return str(path) if path.is_file() else None
+
+    def load_backbone(self, features: dict[str, torch.Tensor]) -> None:
+        """Load torchvision AlexNet `features.*` weights (keys without the prefix) into the LPIPS trunk."""
+        net = self.model.net
+        slices = [net.slice1, net.slice2, net.slice3, net.slice4, net.slice5]
+        for key, value in features.items():
+            index, name = key.split(".")
+            for s in slices:
+                if index in s._modules:
+                    getattr(s._modules[index], name).data.copy_(value)
+
+    @torch.no_grad()
+    def __call__(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """LPIPS of each image pair (B, 3, H, W) in [-1, 1]: float (B,)."""
+        device = prediction.device
+        self.model.to(device)
+        return self.model(prediction.float(), target.float(), normalize=False).flatten()
