@@ -394,8 +394,8 @@ def load_components(
 
     Args:
         base: source of the VAE, UNet, text encoder, tokenizer and scheduler (preset, checkpoint, folder, id).
-        image_encoder: source of the CLIP image encoder; defaults to `base` only when `base` is a preset.
-        controlnet: source of the OpenPose ControlNet; defaults to `base` only when `base` is a preset.
+        image_encoder: source of the CLIP image encoder; defaults to `base` when it is a preset or a local folder with an image_encoder/ (else required).
+        controlnet: source of the OpenPose ControlNet; defaults to `base` when it is a preset or a local folder with a controlnet/ (else required).
         parts: which of PARTS to load; the others stay None.
         scheduler_kind: diffusers scheduler class built from the base's schedule.
         torch_dtype: dtype of the model weights (None: as built or as stored).
@@ -409,9 +409,11 @@ def load_components(
     is_preset = resolve_source(base)[0] == "preset"
     sources = {name: base for name in PARTS}
     for name, given in (("image_encoder", image_encoder), ("controlnet", controlnet)):
-        if given is None and name in parts and not is_preset:
+        # A preset, or a local pipeline folder that has the part (an MCDM export, the mini world's data/mini).
+        has_part = is_preset or (Path(base) / name / "config.json").is_file()
+        if given is None and name in parts and not has_part:
             raise ValueError(
-                f"base {base!r} is not a preset, so set {name}= explicitly (a hub id such as "
+                f"base {base!r} is not a preset and has no {name}/ folder, so set {name}= explicitly (a hub id such as "
                 f"{_PARTS[name].example!r} or a local folder), or leave {name!r} out of parts"
             )
         sources[name] = given or base
