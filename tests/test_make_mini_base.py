@@ -75,3 +75,17 @@ def test_stage_entries_from_two_runs_are_both_kept(tmp_path):
     first_run = record_stage(path, "unet", {"steps": 4800})
     assert first_run["stages"] == {"classifier": {"steps": 1800}, "unet": {"steps": 4800}}
     assert read_manifest(path) == first_run
+
+
+def test_comment_edits_leave_a_config_unchanged(tmp_path, monkeypatch):
+    from make_mini_base import config_digest, config_unchanged, file_sha256
+
+    monkeypatch.setattr(make_mini_base, "REPO_ROOT", tmp_path)
+    config = tmp_path / "stage.yaml"
+    config.write_text("# measured: 1.0 s/step\nmodel:\n  lr: 0.001\n")
+    legacy = {"config_sha256": file_sha256(config)}  # an entry from before content digests
+    current = {"config_digest": config_digest(config)}
+    config.write_text("# measured: 0.9 s/step on idle cores\nmodel:\n  lr: 0.001  # the peak\n")
+    assert config_unchanged(current, "stage.yaml") and not config_unchanged(legacy, "stage.yaml")
+    config.write_text("model:\n  lr: 0.002\n")
+    assert not config_unchanged(current, "stage.yaml")

@@ -13,7 +13,7 @@ trained part into data/mini/ at the end of fit through its system's `export_dir`
 Then the scheduler config is copied and `data/mini/manifest.json` records, per stage, the command, the
 config and its sha256, the git revision, steps, wall time and final metrics.
 
-Resumable: a stage whose manifest entry matches its config's hash is skipped; a `fit` whose config changed
+Resumable: a stage whose manifest entry matches its config's content (comments do not count) is skipped; a `fit` whose config changed
 or that was interrupted resumes from its `last.ckpt` (fixed run directory: more steps continue where the
 last run ended). `--force STAGE` retrains one stage from scratch (its old checkpoints are moved aside), as
 a change of architecture needs. A stage whose inputs were remade (USES: a new VAE or text encoder means a
@@ -80,6 +80,20 @@ def git_revision() -> str:
     return (
         rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else "unknown"
     )
+
+
+def config_digest(path: Path) -> str:
+    """sha256 of a YAML config's parsed content (canonical JSON): comments and layout do not count."""
+    data = yaml.safe_load(path.read_text())
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def config_unchanged(done: dict, config: str) -> bool:
+    """Whether a stage entry was made with this config's content (older entries: the file's bytes)."""
+    path = REPO_ROOT / config
+    if "config_digest" in done:
+        return done["config_digest"] == config_digest(path)
+    return done.get("config_sha256") == file_sha256(path)
 
 
 def file_sha256(path: Path) -> str:
@@ -210,6 +224,7 @@ def run_stage(name: str, subcommand: str, config: str, extra: list[str], previou
         "command": "portrait-edit " + " ".join(args).replace(str(REPO_ROOT) + os.sep, ""),
         "config": config,
         "config_sha256": file_sha256(REPO_ROOT / config),
+        "config_digest": config_digest(REPO_ROOT / config),
         "revision": git_revision(),
         "wall_time_s": round(wall, 1),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -254,7 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         stale = outdated(done, inputs)
         if stale:
             print(f"=== {name}: {', '.join(stale)} changed since it was trained; retraining it")
-        elif name not in args.force and done.get("config_sha256") == file_sha256(REPO_ROOT / config):
+        elif name not in args.force and config_unchanged(done, config):
+            if "config_digest" not in done:  # an older entry: record the content digest of its config
+                manifest = record_stage(
+                    manifest_path, name, {**done, "config_digest": config_digest(REPO_ROOT / config)}
+                )
             print(f"=== {name}: up to date ({done.get('revision', '?')}), skipped; --force {name} to redo")
             continue
         if subcommand == "fit":
