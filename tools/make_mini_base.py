@@ -220,6 +220,14 @@ def run_stage(name: str, subcommand: str, config: str, extra: list[str], previou
     finally:
         finish_wandb_run()
     wall = time.time() - start
+    if subcommand == "fit" and resumed is not None and cli.trainer.global_step == resumed and previous:
+        # Nothing was trained (the checkpoint was already at max_steps, e.g. after a comment edit): the
+        # models are the previous entry's, so is its date (stages built on them stay up to date).
+        return {
+            **previous,
+            "config_sha256": file_sha256(REPO_ROOT / config),
+            "config_digest": config_digest(REPO_ROOT / config),
+        }
     entry = {
         "command": "portrait-edit " + " ".join(args).replace(str(REPO_ROOT) + os.sep, ""),
         "config": config,
