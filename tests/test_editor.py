@@ -69,12 +69,12 @@ def editor_and_batch():
 def test_batched_five_branches_equal_the_eight_call_formulation(editor_and_batch):
     editor, sources, p_a, p_b = editor_and_batch
     c = editor.conditioning
-    c_s, context = editor.branch_conditions(sources, p_a, p_b)
+    conditions = editor.branch_conditions(sources, p_a, p_b)
     z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(2))
     t = torch.tensor(600)
     editor.unet_calls = 0
     with torch.no_grad():
-        eps_a, eps_b = editor.guided_eps(z, t, c_s, context)
+        eps_a, eps_b = editor.guided_eps(z, t, conditions)
         assert editor.unet_calls == 1
         latent, clip, size = c.batch_sources({"source": sources})
         branches = {"none": (True, True, True), "image": (False, True, True), "spatial": (False, False, True)}
@@ -101,8 +101,12 @@ def test_unet_calls_per_edit(editor_and_batch, max_rows):
     assert result.images.shape == (2, 3, SIZE, SIZE) and result.masks.shape == (2, SIZE, SIZE)
     assert set(result.masks.unique().tolist()) <= {0.0, 1.0}
     editor.max_rows, editor.unet_calls = None, 0
+    rows = []
+    hook = editor.unet.register_forward_pre_hook(lambda module, args: rows.append(len(args[0])))
     plain = editor.edit(sources, p_a, p_b, use_mask=False, steps=3)
+    hook.remove()
     assert editor.unet_calls == 3 and plain.masks is None
+    assert rows == [4 * 2] * 3  # without the mask eps(p_a) is never needed: 4 branch rows per input
 
 
 def test_two_condition_case_is_instruct_pix2pix_guidance(tiny_sd):
@@ -149,8 +153,8 @@ def test_editor_loads_an_export_and_predicts_what_the_system_did(editor_and_batc
     z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(5))
     t = torch.tensor(300)
     with torch.no_grad():
-        expected = live.guided_eps(z, t, *live.branch_conditions(sources, p_a, p_b))
-        got = loaded.guided_eps(z, t, *loaded.branch_conditions(sources, p_a, p_b))
+        expected = live.guided_eps(z, t, live.branch_conditions(sources, p_a, p_b))
+        got = loaded.guided_eps(z, t, loaded.branch_conditions(sources, p_a, p_b))
     for a, b in zip(got, expected):
         assert_close(a, b, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="mcdm.json"):

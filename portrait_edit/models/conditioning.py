@@ -28,6 +28,14 @@ from portrait_edit.models.components import SDComponents, load_model
 Batch = dict[str, Any]
 
 
+@torch.no_grad()
+def scaled_latents(vae: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Scaled VAE latents (posterior mean x scaling_factor) of images (B, 3, H, W) in [-1, 1], float32 (the
+    mean, so cached latents give the same loss; float32 even under autocast)."""
+    latent = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mode()
+    return (latent * vae.config.scaling_factor).float()
+
+
 def _freeze(module: nn.Module) -> nn.Module:
     module.requires_grad_(False)
     return module.eval()

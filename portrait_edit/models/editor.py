@@ -24,6 +24,7 @@ from torch import nn
 from portrait_edit.diffusion.conditions import CONDITIONS, multi_guidance
 from portrait_edit.diffusion.masks import combine, edit_mask, normalise, prediction_difference
 from portrait_edit.models.components import load_components
+from portrait_edit.models.conditioning import scaled_latents
 from portrait_edit.models.mcdm import MCDMConditioning
 
 # Drop flags (image, spatial, text) and text of the 5 branches of an edit step: e(0,0,0), e(im,0,0),
@@ -35,6 +36,16 @@ EDIT_BRANCHES = (
     ((False, False, False), "p_a"),
     ((False, False, False), "p_b"),
 )
+SOURCE_BRANCH = 3  # e(im,s,p_a): needed only with the mask
+
+
+@dataclass
+class EditConditions:
+    """c_s (N, B, C, h, w) or None and context (N, B, L, D) of N edit branches, and E(x_A) (B, C, h, w)."""
+
+    c_s: torch.Tensor | None
+    context: torch.Tensor
+    latent: torch.Tensor
 
 
 @dataclass
@@ -117,37 +128,40 @@ class MCDMEditor:
 
     @torch.no_grad()
     def branch_conditions(
-        self, sources: torch.Tensor, p_a: list[str], p_b: list[str]
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """c_s (5, B, C, h, w) or None and context (5, B, L, D) of the 5 edit branches (EDIT_BRANCHES)."""
+        self, sources: torch.Tensor, p_a: list[str], p_b: list[str], with_source: bool = True
+    ) -> EditConditions:
+        """The conditions of the edit branches (EDIT_BRANCHES; without the e(im,s,p_a) one when
+        `with_source` is False: an edit without a mask never uses eps(p_a)). x_A is encoded once here."""
         c = self.conditioning
         latent, clip, size = c.batch_sources({"source": sources.to(self.device)})
+        branches = [b for k, b in enumerate(EDIT_BRANCHES) if with_source or k != SOURCE_BRANCH]
         count = len(latent)
         texts = {"p_a": c.cached_text(list(p_a)), "p_b": c.cached_text(list(p_b))}
         drop = {
-            name: torch.tensor([flags[i] for flags, _ in EDIT_BRANCHES for _ in range(count)])
+            name: torch.tensor([flags[i] for flags, _ in branches for _ in range(count)])
             for i, name in enumerate(CONDITIONS)
         }
-        text = torch.cat([texts[which] for _, which in EDIT_BRANCHES])
+        text = torch.cat([texts[which] for _, which in branches])
 
         def rep(x: torch.Tensor | None) -> torch.Tensor | None:
-            return None if x is None else x.repeat(len(EDIT_BRANCHES), *([1] * (x.ndim - 1)))
+            return None if x is None else x.repeat(len(branches), *([1] * (x.ndim - 1)))
 
         c_s, context = c.conditions(rep(latent), rep(clip), text, size, drop)
-        split = (len(EDIT_BRANCHES), count)
-        return (None if c_s is None else c_s.reshape(*split, *c_s.shape[1:])), context.reshape(
-            *split, *context.shape[1:]
-        )
+        split = (len(branches), count)
+        c_s = None if c_s is None else c_s.reshape(*split, *c_s.shape[1:])
+        return EditConditions(c_s, context.reshape(*split, *context.shape[1:]), latent)
 
     def guided_eps(
-        self, z: torch.Tensor, t: torch.Tensor, c_s: torch.Tensor | None, context: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """eps(p_a) and eps(p_b) (3-way guidance) of latents z (R, C, h, w) whose rows are S copies of the B
-        inputs (seed-major: R = S * B): the 5 x R branch rows in one UNet call (chunked above max_rows)."""
+        self, z: torch.Tensor, t: torch.Tensor, conditions: EditConditions
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """eps(p_a) (None without the source branch) and eps(p_b) (3-way guidance) of latents z (R, C, h, w)
+        whose rows are S copies of the B inputs (seed-major: R = S * B): all branch rows in one UNet call
+        (chunked above max_rows)."""
+        c_s, context = conditions.c_s, conditions.context
         branches, count = context.shape[:2]
         copies = len(z) // count
 
-        def tiled(x: torch.Tensor) -> torch.Tensor:  # (5, B, ...) -> (5 * S * B, ...), seed-major per branch
+        def tiled(x: torch.Tensor) -> torch.Tensor:  # (N, B, ...) -> (N * S * B, ...), seed-major per branch
             return x[:, None].expand(branches, copies, *x.shape[1:]).reshape(-1, *x.shape[2:])
 
         sample = z.repeat(branches, 1, 1, 1)
@@ -163,40 +177,35 @@ class MCDMEditor:
                     sample[start : start + step], t, encoder_hidden_states=states[start : start + step]
                 ).sample
             )
-        e_none, e_image, e_spatial, e_a, e_b = torch.cat(outputs).float().chunk(branches)
+        e_none, e_image, e_spatial, *e_text = torch.cat(outputs).float().chunk(branches)
         scales = [self.scales[k] for k in CONDITIONS]
-        return multi_guidance(e_none, e_image, e_spatial, e_a, *scales), multi_guidance(
-            e_none, e_image, e_spatial, e_b, *scales
-        )
+        guided = [multi_guidance(e_none, e_image, e_spatial, e, *scales) for e in e_text]
+        return (guided[0], guided[1]) if len(guided) == 2 else (None, guided[0])
 
     @torch.no_grad()
     def mask(
         self,
-        sources: torch.Tensor,
-        p_a: list[str],
-        p_b: list[str],
+        conditions: EditConditions,
         threshold: float,
         seeds: int = 10,
         steps: int = 20,
         mask_at: float = 0.5,
         seed: int = 0,
-        conditions: tuple[torch.Tensor | None, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The edit mask M and its soft map, float (B, h, w) at latent resolution.
 
         E(x_A) is noised to the timestep `mask_at` of the way through the `steps` UniPC timesteps (0.5 of
         20: the 10th) with `seeds` noises (seeded by `seed`), and the guided predictions under p_a and p_b
-        are compared."""
+        (`conditions` with the source branch) are compared."""
         if not 0 < mask_at <= 1:
             raise ValueError(f"mask_at must be in (0, 1], got {mask_at}")
-        c_s, context = conditions or self.branch_conditions(sources, p_a, p_b)
-        latent, _, _ = self.conditioning.batch_sources({"source": sources.to(self.device)})
+        latent = conditions.latent
         scheduler = self.scheduler(steps)
         t = scheduler.timesteps[math.ceil(mask_at * steps) - 1]
         generator = torch.Generator().manual_seed(seed)
         noise = torch.randn((seeds, *latent.shape), generator=generator).to(latent)
         noisy = scheduler.add_noise(latent.repeat(seeds, 1, 1, 1), noise.flatten(0, 1), t.reshape(1))
-        eps_a, eps_b = self.guided_eps(noisy, t, c_s, context)
+        eps_a, eps_b = self.guided_eps(noisy, t, conditions)
         return edit_mask(eps_a, eps_b, seeds, threshold)
 
     @torch.no_grad()
@@ -216,22 +225,20 @@ class MCDMEditor:
 
         Args:
             threshold: lambda of the mask (0.2 costume, 0.35 cartoon expression).
-            use_mask: Eq. 3 with the model-made mask; False: eps(p_b) alone (the "w/o mask" ablation).
+            use_mask: Eq. 3 with the model-made mask (5 branch rows a step); False: eps(p_b) alone (the
+                "w/o mask" ablation, 4 rows a step).
             steps: UniPC steps (20 in the paper).
             seed: seeds the sampling noise z_T (and the mask's noises, with seed + 1).
         """
-        c_s, context = self.branch_conditions(sources, p_a, p_b)
+        conditions = self.branch_conditions(sources, p_a, p_b, with_source=use_mask)
         mask = soft = None
         if use_mask:
-            mask, soft = self.mask(
-                sources, p_a, p_b, threshold, mask_seeds, steps, mask_at, seed + 1, (c_s, context)
-            )
-        latent_shape = (len(sources), self.vae.config.latent_channels, *context_size(sources, self.vae))
+            mask, soft = self.mask(conditions, threshold, mask_seeds, steps, mask_at, seed + 1)
         scheduler = self.scheduler(steps)
-        noise = torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed))
-        z = noise.to(self.device) * scheduler.init_noise_sigma
+        noise = torch.randn(conditions.latent.shape, generator=torch.Generator().manual_seed(seed))
+        z = noise.to(conditions.latent) * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
-            eps_a, eps_b = self.guided_eps(z, t, c_s, context)
+            eps_a, eps_b = self.guided_eps(z, t, conditions)
             eps = combine(eps_a, eps_b, mask) if mask is not None else eps_b
             z = scheduler.step(eps.to(z), t, z).prev_sample
         images = (
@@ -245,12 +252,6 @@ class MCDMEditor:
             return None if m is None else F.interpolate(m[:, None], size=size, mode="nearest")[:, 0]
 
         return EditResult(images, upsampled(mask), upsampled(soft))
-
-
-def context_size(sources: torch.Tensor, vae: nn.Module) -> tuple[int, int]:
-    """The latent (h, w) of images (B, 3, H, W) for a VAE with len(block_out_channels) - 1 downsamplings."""
-    scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    return sources.shape[-2] // scale, sources.shape[-1] // scale
 
 
 class DiffEditMask:
@@ -279,8 +280,7 @@ class DiffEditMask:
     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """(binary mask, soft map), float (B, h, w) at latent resolution."""
         device = next(self.unet.parameters()).device
-        latent = self.vae.encode(sources.to(device, self.vae.dtype)).latent_dist.mode().float()
-        latent = latent * self.vae.config.scaling_factor
+        latent = scaled_latents(self.vae, sources)
         scheduler = UniPCMultistepScheduler.from_config(self.scheduler_config)
         scheduler.set_timesteps(steps, device=device)
         t = scheduler.timesteps[math.ceil(strength * steps) - 1]

@@ -26,7 +26,7 @@ from torch import nn
 from portrait_edit.diffusion.conditions import CONDITIONS, apply_null, drop_masks
 from portrait_edit.models.clip_image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_hidden_state
 from portrait_edit.models.components import SDComponents, load_image_encoder
-from portrait_edit.models.conditioning import Batch, TextConditioning, _freeze
+from portrait_edit.models.conditioning import Batch, TextConditioning, _freeze, scaled_latents
 from portrait_edit.models.folder_model import FolderModel
 from portrait_edit.models.widen import widen_conv_in
 
@@ -208,12 +208,9 @@ class MCDMConditioning(TextConditioning):
         return {"image_adapter": self.adapter} if self.adapter is not None else {}
 
     # Frozen encoders.
-    @torch.no_grad()
     def source_latent(self, images: torch.Tensor) -> torch.Tensor:
-        """Scaled VAE latents (posterior mean) of images (B, 3, H, W) in [-1, 1]: float32 (B, C, h, w)."""
-        vae = self._vae[0]
-        latent = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mode()
-        return (latent * vae.config.scaling_factor).float()
+        """E(x_A): scaled VAE latents of images (B, 3, H, W) in [-1, 1], float32 (B, C, h, w)."""
+        return scaled_latents(self._vae[0], images)
 
     @torch.no_grad()
     def source_clip(self, images: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ from portrait_edit.diffusion.noise import (
     scaled_linear_betas,
 )
 from portrait_edit.models.components import load_components
-from portrait_edit.models.conditioning import Conditioning, TextConditioning
+from portrait_edit.models.conditioning import Conditioning, TextConditioning, scaled_latents
 
 # The VAE, text encoder and a frozen UNet stay in eval mode on purpose (see `train`).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -167,12 +167,7 @@ class DiffusionSystem(LightningModule):
             return batch["latent"].to(self.device, torch.float32)
         if self.latent_cache and self.training:
             return self._cached_latents(batch)
-        return self._vae_latents(batch["image"])
-
-    @torch.no_grad()
-    def _vae_latents(self, image: torch.Tensor) -> torch.Tensor:
-        image = image.to(self.device, torch.float32)
-        return (self.vae.encode(image).latent_dist.mode() * self.vae.config.scaling_factor).float()
+        return scaled_latents(self.vae, batch["image"])
 
     def _cached_latents(self, batch: dict[str, Any]) -> torch.Tensor:
         if "index" not in batch:
@@ -183,7 +178,7 @@ class DiffusionSystem(LightningModule):
         indices = [int(i) for i in batch["index"]]
         missing = [k for k, i in enumerate(indices) if i not in self._latents]
         if missing:
-            fresh = self._vae_latents(batch["image"][missing]).cpu()
+            fresh = scaled_latents(self.vae, batch["image"][missing]).cpu()
             self._latents.update((indices[k], latent) for k, latent in zip(missing, fresh))
         return torch.stack([self._latents[i] for i in indices]).to(self.device)
 
