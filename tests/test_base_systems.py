@@ -59,6 +59,22 @@ def fit_one_step(system, loader, root):
 
 
 # Closed-form math.
+def test_described_captions_put_the_person_after_the_gender_word():
+    pairs = world_pairs(4)
+    plain, described = WorldImagesDataset(pairs), WorldImagesDataset(pairs, describe_p=1.0)
+    for i in range(8):
+        k, is_target = divmod(i, 2)
+        caption = plain[i]["caption"]
+        assert caption == (pairs.p_b[k] if is_target else pairs.p_a[k])
+        gender = pairs.genders[k]
+        # Hand-built: "a man, angry" -> "a man with <description>, angry".
+        expected = caption.replace(f"{gender},", f"{gender} {pairs.descriptions[k]},", 1)
+        assert described[i]["caption"] == expected and pairs.descriptions[k].startswith("with ")
+    half = WorldImagesDataset(world_pairs(200), describe_p=0.5, seed=3)
+    assert 0.4 < half.described.mean() < 0.6
+    assert (WorldImagesDataset(world_pairs(200), describe_p=0.5, seed=3).described == half.described).all()
+
+
 def test_psnr_of_a_known_constant_error():
     target = torch.rand(2, 3, 8, 8) * 0.5
     prediction = target.clone()

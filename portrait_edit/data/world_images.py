@@ -16,6 +16,11 @@ A batch (the contract shared by the VAE, CLIP, classifier and diffusion systems)
     hair       float (B, 3): the person's hair colour, RGB in [0, 1] (world identity)
     index      long (B,): the item's index in its dataset (the key of DiffusionSystem's latent cache)
 
+With `describe_p` > 0 a share of the items carry the person's description after the gender word
+("a man with light skin and short black hair, angry": `world.describe`, as the validation pairs' prompts
+do), so a text-to-image model trained on them knows the words for what a person looks like, as Stable
+Diffusion does. Which items are described is fixed by the seed.
+
 The shards are read once into memory as uint8 (12,000 pairs are about 300 MB) and served by map-style
 datasets, so Lightning's DistributedSampler splits them across ranks. Horizontal flips are never applied:
 they would swap the left and right keypoints.
@@ -36,11 +41,12 @@ from torch.utils.data import DataLoader, Dataset
 from portrait_edit.data.error_handler import CountingErrorHandler
 from portrait_edit.data.images import to_uint8
 from portrait_edit.data.jobs import sample_key
-from portrait_edit.data.prompts import caption
+from portrait_edit.data.prompts import caption, prompts_for
 from portrait_edit.data.sample_codec import decode_sample
 from portrait_edit.data.shard_pipeline import iter_samples, resolve_shards
 from portrait_edit.world import DIRECTIONS, TASKS, Pose, WorldPair, draw_pose, pose_keypoints, task_of
-from portrait_edit.world.identity import GENDERS
+from portrait_edit.world.describe import describe_identity
+from portrait_edit.world.identity import GENDERS, Identity
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +92,7 @@ class PairArrays:
     genders: list[str]
     skin: np.ndarray  # uint8 (N, 3): the identity's skin colour
     hair: np.ndarray  # uint8 (N, 3): the identity's hair colour
+    descriptions: list[str]  # the identity in words (`describe_identity`), following the gender word
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -107,6 +114,7 @@ class PairArrays:
             genders=[p.gender for p in pairs],
             skin=np.asarray([p.meta["identity"]["skin"] for p in pairs], np.uint8),
             hair=np.asarray([p.meta["identity"]["hair_colour"] for p in pairs], np.uint8),
+            descriptions=[describe_identity(Identity.from_dict(p.meta["identity"])) for p in pairs],
         )
 
     def subset(self, index: np.ndarray) -> PairArrays:
@@ -123,6 +131,7 @@ class PairArrays:
             genders=[self.genders[i] for i in pick],
             skin=self.skin[index],
             hair=self.hair[index],
+            descriptions=[self.descriptions[i] for i in pick],
         )
 
 
@@ -167,7 +176,7 @@ def read_pairs(shards: str, image_size: int = 64, max_error_rate: float = 0.05) 
             person = meta["world"]["identity"]
             rows.append(
                 (sample["__key__"], src, gt, pose, keypoints, meta["p_a"], meta["p_b"], label, meta["gender"],
-                 person["skin"], person["hair_colour"])
+                 person["skin"], person["hair_colour"], describe_identity(Identity.from_dict(person)))
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             # A sample without world meta or prompts is as unusable as a corrupt one.
@@ -180,7 +189,7 @@ def read_pairs(shards: str, image_size: int = 64, max_error_rate: float = 0.05) 
         "read %d pairs from %d shard(s) at %s (%d skipped)", len(rows), len(urls), shards, handler.skipped
     )
     rows.sort(key=lambda row: row[0])
-    keys, src, gt, pose, kps, p_a, p_b, labels, genders, skin, hair = zip(*rows)
+    keys, src, gt, pose, kps, p_a, p_b, labels, genders, skin, hair, descriptions = zip(*rows)
     return PairArrays(
         keys=list(keys),
         src=np.stack(src),
@@ -193,6 +202,7 @@ def read_pairs(shards: str, image_size: int = 64, max_error_rate: float = 0.05) 
         genders=list(genders),
         skin=np.asarray(skin, np.uint8),
         hair=np.asarray(hair, np.uint8),
+        descriptions=list(descriptions),
     )
 
 
@@ -202,10 +212,25 @@ def _to_float(image: np.ndarray) -> torch.Tensor:
 
 
 class WorldImagesDataset(Dataset):
-    """Item 2k is pair k's source (label 0, p_a), item 2k + 1 its exact target (label 1..8, p_b)."""
+    """Item 2k is pair k's source (label 0, p_a), item 2k + 1 its exact target (label 1..8, p_b).
 
-    def __init__(self, pairs: PairArrays) -> None:
+    With `describe_p` > 0, that share of the items (drawn once from `seed`) has its caption rebuilt with
+    the person's description after the gender word.
+    """
+
+    def __init__(self, pairs: PairArrays, describe_p: float = 0.0, seed: int = 0) -> None:
+        if not 0 <= describe_p <= 1:
+            raise ValueError(f"describe_p must be in [0, 1], got {describe_p}")
         self.pairs = pairs
+        self.described = np.random.default_rng(seed).random(2 * len(pairs)) < describe_p
+
+    def caption(self, i: int) -> str:
+        k, is_target = divmod(i, 2)
+        p = self.pairs
+        if not self.described[i]:
+            return p.p_b[k] if is_target else p.p_a[k]
+        prompts = prompts_for(LABELS[int(p.labels[k])], p.genders[k], description=p.descriptions[k])
+        return prompts["p_b"] if is_target else prompts["p_a"]
 
     def __len__(self) -> int:
         return 2 * len(self.pairs)
@@ -215,7 +240,7 @@ class WorldImagesDataset(Dataset):
         p = self.pairs
         return {
             "image": _to_float(p.gt[k] if is_target else p.src[k]),
-            "caption": p.p_b[k] if is_target else p.p_a[k],
+            "caption": self.caption(i),
             "label": int(p.labels[k]) if is_target else 0,
             "gender": p.genders[k],
             "pose": _to_float(p.pose[k]),
@@ -241,6 +266,7 @@ class WorldImagesDataModule(LightningDataModule):
         image_size: int = 64,
         val_samples: int = 512,
         seed: int = 0,
+        describe_p: float = 0.0,
     ) -> None:
         """
         Args:
@@ -249,7 +275,9 @@ class WorldImagesDataModule(LightningDataModule):
             num_workers: DataLoader workers per rank (0 serves batches from the main process).
             image_size: image side; stored images of another size are resized (keypoints follow).
             val_samples: pairs (the last by key) held out for validation; 0 disables validation.
-            seed: seeds the training shuffle.
+            seed: seeds the training shuffle and the choice of described items.
+            describe_p: share of the training items whose caption describes the person (validation items
+                keep the plain captions).
         """
         super().__init__()
         if batch_size < 1 or num_workers < 0 or val_samples < 0 or image_size < 8:
@@ -263,6 +291,7 @@ class WorldImagesDataModule(LightningDataModule):
         self.image_size = image_size
         self.val_samples = val_samples
         self.seed = seed
+        self.describe_p = describe_p
         self.train_set: WorldImagesDataset | None = None
         self.val_set: WorldImagesDataset | None = None
 
@@ -276,7 +305,7 @@ class WorldImagesDataModule(LightningDataModule):
                 f"{len(pairs)}; lower val_samples or write more pairs"
             )
         split = len(pairs) - self.val_samples
-        self.train_set = WorldImagesDataset(pairs.subset(np.arange(split)))
+        self.train_set = WorldImagesDataset(pairs.subset(np.arange(split)), self.describe_p, self.seed)
         self.val_set = WorldImagesDataset(pairs.subset(np.arange(split, len(pairs))))
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
