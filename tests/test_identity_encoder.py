@@ -46,6 +46,21 @@ def test_encoder_maps_clip_tokens_to_k_words_and_round_trips(tiny_sd, tmp_path):
         encoder(torch.zeros(1, 4, 16))
 
 
+def test_init_output_std_starts_the_words_at_the_word_embedding_scale():
+    torch.manual_seed(0)
+    target = 0.02  # about a word embedding's std in the mini and SD 1.5 text encoders
+    scaled, default = IdentityEncoder(tiny_config(init_output_std=target)), IdentityEncoder(tiny_config())
+    last = scaled.mlp[-1]
+    assert abs(last.weight.std().item() - target / 64**0.5) < 0.1 * target / 64**0.5  # mlp_hidden 64
+    assert torch.count_nonzero(last.bias) == 0
+    tokens = torch.randn(16, 5, 32)
+    # Hidden activations (GELU of a unit-variance LayerNorm output through a default Linear) have an
+    # RMS below 1, so the words start at or below the target: far below PyTorch's default init.
+    assert scaled(tokens).std() < target < default(tokens).std() / 5
+    with pytest.raises(ValueError, match="init_output_std"):
+        tiny_config(init_output_std=0.0)
+
+
 @pytest.mark.parametrize("layer", [-1, -2, 0, 3])
 def test_clip_tokens_equal_transformers_hidden_states(tiny_sd, layer):
     faces = torch.rand(2, 3, 32, 32) * 2 - 1

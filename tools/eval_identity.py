@@ -136,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--identities", type=int, default=100, help="held-out identities (two renders each)")
     parser.add_argument("--trials", type=int, default=200, help="(A, B) generation trials")
     parser.add_argument("--steps", type=int, default=25, help="sampling steps (DDIM, guidance 7.5)")
-    parser.add_argument("--template", default="a photo of a {gender}", help="the encoder's training prompt")
+    parser.add_argument(
+        "--template",
+        default="a {gender}, normal costume",
+        help="the encoder's training prompt (configs/mini/identity.yaml)",
+    )
     parser.add_argument("--out", default="outputs/mini/eval_identity", help="metrics.json and identity.png")
     parser.add_argument("--update-manifest", action="store_true", help="store the figures in the manifest")
     args = parser.parse_args(argv)

@@ -55,6 +55,7 @@ STAGES = (
     ("unet", "fit", "configs/mini/base_unet.yaml"),
     ("controlnet", "fit", "configs/mini/base_controlnet.yaml"),
     ("describe", "fit", "configs/mini/base_unet_describe.yaml"),  # goes on from the unet stage's UNet
+    ("identity", "fit", "configs/mini/identity.yaml"),  # stage 1: the identity encoder on this base
 )
 
 
@@ -62,6 +63,7 @@ STAGES = (
 USES = {
     "vae": ("pairs",), "clip": ("pairs",), "classifier": ("pairs", "vae"), "probe": ("pairs",),
     "unet": ("pairs", "vae", "clip"), "controlnet": ("pairs", "unet"), "describe": ("pairs", "unet"),
+    "identity": ("vae", "clip", "describe"),
 }  # fmt: skip
 
 

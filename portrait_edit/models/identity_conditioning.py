@@ -88,9 +88,11 @@ class IdentityConditioning(TextConditioning):
             image_encoder = components.image_encoder
         self.image_encoder = _freeze(image_encoder)
         if self.encoder_source is None:
+            words = self.text_encoder.get_input_embeddings().weight
             config = IdentityEncoderConfig(
                 clip_width=self.image_encoder.config.hidden_size,
                 word_width=self.text_encoder.config.hidden_size,
+                init_output_std=float(words.detach().float().std()),
                 **self.encoder_args,
             )
             encoder = IdentityEncoder(config)

@@ -38,6 +38,10 @@ class IdentityEncoderConfig:
         image_size: side the faces are resized to for CLIP (224 for ViT-L/14, 64 mini).
         image_mean, image_std: CLIP's per-channel pixel normalisation of [0, 1] images (OpenAI's for
             ViT-L/14; 0.5 / 0.5 for the mini CLIP, which reads [-1, 1] images as they are).
+        init_output_std: when set, the MLP's last layer starts with weights of std init_output_std /
+            sqrt(mlp_hidden) and zero bias, so new words start near the scale of the text encoder's own
+            word embeddings (IdentityConditioning passes their std). PyTorch's default init makes them
+            tens of times larger, where the text encoder's attention saturates and passes little gradient.
     """
 
     clip_width: int = 1024
@@ -49,6 +53,7 @@ class IdentityEncoderConfig:
     image_size: int = 224
     image_mean: list[float] = field(default_factory=lambda: list(OPENAI_CLIP_MEAN))
     image_std: list[float] = field(default_factory=lambda: list(OPENAI_CLIP_STD))
+    init_output_std: float | None = None
 
     def __post_init__(self) -> None:
         if min(self.clip_width, self.word_width, self.num_tokens, self.num_heads, self.mlp_hidden) < 1:
@@ -59,6 +64,8 @@ class IdentityEncoderConfig:
             raise ValueError(
                 f"image_mean / image_std need 3 values, std > 0; got {self.image_mean}, {self.image_std}"
             )
+        if self.init_output_std is not None and self.init_output_std <= 0:
+            raise ValueError(f"init_output_std must be > 0 when set, got {self.init_output_std}")
 
 
 class IdentityEncoder(FolderModel):
@@ -92,6 +99,9 @@ class IdentityEncoder(FolderModel):
             nn.GELU(),
             nn.Linear(c.mlp_hidden, c.word_width),
         )
+        if c.init_output_std is not None:
+            nn.init.normal_(self.mlp[-1].weight, std=c.init_output_std / c.mlp_hidden**0.5)
+            nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, clip_tokens: torch.Tensor) -> torch.Tensor:
         if clip_tokens.ndim != 3 or clip_tokens.shape[2] != self.config.clip_width:
