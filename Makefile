@@ -39,7 +39,8 @@ demo: install
 	$(PY) tools/inspect_shards.py $(DEMO)/pairs --sheet $(DEMO)/pairs_sheet.png
 	@echo "demo outputs: sample sheet $(DEMO)/world_sheet.png, pair shards $(DEMO)/pairs/, contact sheet $(DEMO)/pairs_sheet.png"
 
-# Train the mini world's base models (VAE, CLIP, direction classifier, text-to-image UNet, pose ControlNet)
+# Train the mini world's base models (VAE, CLIP, direction classifier, probe, text-to-image UNet, pose
+# ControlNet, the UNet's person words, the identity encoder)
 # with our own fit configs and write them, with a manifest, into data/mini/. Resumable.
 mini-base: install
 	$(PY) tools/make_mini_base.py
