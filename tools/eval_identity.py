@@ -9,8 +9,10 @@
    text-to-image model draws "`--template`" for A's gender with A's c_id spliced before the gender word,
    and, with the same seed, without it. The attribute reader (data/mini/probe: skin and hair colour)
    reads the drawing, A's render and B's render; a trial is a hit when the drawing is closer to A than
-   to B. With tokens the target is >= 80%; without them about 50% (chance).
-Written to <out>/metrics.json and <out>/identity.png (per row: A, with c_id, without, B); with
+   to B. With tokens the target is >= 80%; without them about 50% (chance). For reference, the same with
+   A's description written out instead of c_id ("a man with tan skin and a grey buzz cut, ..."): what
+   the model draws from words alone.
+Written to <out>/metrics.json and <out>/identity.png (per row: A, with c_id, without, described, B); with
 `--update-manifest`, the figures go into data/mini/manifest.json under "identity_evaluation".
 """
 
@@ -37,6 +39,8 @@ from portrait_edit.models.token_splice import encode_prompts_with_identity
 from portrait_edit.models.world_probe import WorldProbe
 from portrait_edit.paths import DATA_DIR
 from portrait_edit.systems.sampling import SamplingSystem
+from portrait_edit.world.describe import describe_identity
+from portrait_edit.world.identity import identity_from_seed
 
 EVAL_SEED = (
     20_26_11_4  # held-out identity stream: training identities come from seed 0 (configs/mini/identity.yaml)
@@ -78,8 +82,10 @@ def generation(
     trials: int,
     template: str,
     steps: int,
+    descriptions: list[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Drawings with and without identity words: float (T, 3, H, W) each, plus the (A, B) indices."""
+    """Drawings with and without identity words (and, given `descriptions`, with A's description after the
+    gender word): float (T, 3, H, W) each, plus the (A, B) indices."""
     rng = np.random.default_rng(EVAL_SEED)
     n = len(faces)
     a = torch.arange(trials) % n
@@ -87,7 +93,7 @@ def generation(
     pipe = system.pipeline
     prompts = [template.format(gender=genders[int(i)]) for i in a]
     null = pipe.encode_prompt([""], "cpu", 1, False)[0]
-    out: dict[str, list] = {"with": [], "without": []}
+    out: dict[str, list] = {"with": [], "without": []} | ({"described": []} if descriptions else {})
     for start in range(0, trials, 50):
         rows = slice(start, min(trials, start + 50))
         batch_prompts = prompts[rows]
@@ -109,6 +115,13 @@ def generation(
                 prompt=batch_prompts, generator=[torch.Generator().manual_seed(s) for s in seeds], **common
             ).images
         )
+        if descriptions:
+            described = [template.format(gender=f"{genders[int(i)]} {descriptions[int(i)]}") for i in a[rows]]
+            out["described"].append(
+                pipe(
+                    prompt=described, generator=[torch.Generator().manual_seed(s) for s in seeds], **common
+                ).images
+            )
     return {k: torch.cat(v) * 2 - 1 for k, v in out.items()} | {"a": a, "b": b}
 
 
@@ -121,9 +134,10 @@ def hits(
 
 
 def sheet(faces: torch.Tensor, drawn: dict, rows: int = 16) -> np.ndarray:
-    """Per row: A's render, drawn with c_id, drawn without, B's render (uint8)."""
+    """Per row: A's render, drawn with c_id, drawn without, [drawn from A's description,] B's render."""
+    arms = [k for k in ("with", "without", "described") if k in drawn]
     tiles = [
-        torch.cat([faces[drawn["a"][i]], drawn["with"][i], drawn["without"][i], faces[drawn["b"][i]]], dim=2)
+        torch.cat([faces[drawn["a"][i]], *(drawn[k][i] for k in arms), faces[drawn["b"][i]]], dim=2)
         for i in range(min(rows, len(drawn["a"])))
     ]
     grid = torch.cat(tiles, dim=1)
@@ -156,10 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     genders = rendered.genders[0::2]
     c_id = encode_identity(image_encoder, encoder, first)
     system = SamplingSystem(base=str(mini), num_inference_steps=args.steps, output_dir=str(out))
-    drawn = generation(system, first, genders, c_id, args.trials, args.template, args.steps)
+    descriptions = [describe_identity(identity_from_seed(seed)) for seed in seeds]
+    drawn = generation(system, first, genders, c_id, args.trials, args.template, args.steps, descriptions)
     metrics["generation"] = {
         "with_tokens": hits(drawn["with"], first, drawn["a"], drawn["b"], probe).float().mean().item(),
         "without_tokens": hits(drawn["without"], first, drawn["a"], drawn["b"], probe).float().mean().item(),
+        "described": hits(drawn["described"], first, drawn["a"], drawn["b"], probe).float().mean().item(),
         "trials": args.trials,
         "template": args.template,
     }
@@ -174,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"generation   closer to A than to B: {g['with_tokens']:.3f} with c_id (target >= 0.80), "
-        f"{g['without_tokens']:.3f} without (about 0.5) over {g['trials']} trials"
+        f"{g['without_tokens']:.3f} without (about 0.5), {g['described']:.3f} with A's description written out, "
+        f"over {g['trials']} trials"
     )
     if args.update_manifest:
         path = mini / "manifest.json"
