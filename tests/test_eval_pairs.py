@@ -1,4 +1,5 @@
-"""tools/eval_pairs.py: per-pair figures against hand-computed values, and the ablation sheet."""
+"""tools/eval_pairs.py: the per-pair figures by hand, the shipped-judge wiring on tiny real models with
+known answers, and the ablation sheet."""
 
 import importlib.util
 from pathlib import Path
@@ -7,9 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from portrait_edit.models.clip_pair import build_clip, export_clip
+from portrait_edit.models.components import load_image_encoder, load_tokenizer
+from portrait_edit.models.direction_classifier import DirectionClassifier, DirectionClassifierConfig
+from portrait_edit.models.identity_encoder import IdentityEncoder, IdentityEncoderConfig
+from portrait_edit.models.world_probe import WorldProbe, WorldProbeConfig
 from portrait_edit.world.faces import make_face
 
 ROOT = Path(__file__).resolve().parents[1]
+SIZE = 32
 
 
 def _tool():
@@ -19,48 +26,68 @@ def _tool():
     return module
 
 
-class MeanColourJudges:
-    """Stand-in readers: the classifier reads `reads[call]`, attributes are the mean RGB (twice), c_id the
-    flattened image."""
-
-    def __init__(self, reads):
-        self.reads = list(reads)
-        self.classifier = self
-
-    def predict_directions(self, images):
-        return torch.tensor(self.reads.pop(0))
-
-    def attributes(self, images):
-        mean = images.mean(dim=(2, 3))
-        return torch.cat([mean, mean], dim=1)
-
-    def c_id(self, images):
-        return images.flatten(1)
-
-
-def test_per_pair_figures_by_hand():
+def test_pair_figures_by_hand():
     tool = _tool()
-    size = 16
-    face = make_face(7, 0, size=size).image
-    left = np.stack([face, np.zeros_like(face)])
-    right = np.stack([face, np.full_like(face, 255)])
-    meta = [
-        {"direction": "santa", "identity_source": "world:7"},
-        {"direction": "angry", "identity_source": "world:7"},
-    ]
-    pairs = {"keys": ["a", "b"], "left": left, "right": right, "meta": meta}
-    # Left halves read source / santa; right halves read santa (label 3) / angry (label 5).
-    values = tool.per_pair(pairs, MeanColourJudges([[0, 3], [3, 5]]))
+    labels = torch.tensor([3, 5])  # santa, angry
+    attr = torch.zeros(2, 6)
+    white = torch.ones(2, 6)
+    values = tool.pair_figures(
+        read_left=torch.tensor([0, 3]),
+        read_right=torch.tensor([3, 5]),
+        labels=labels,
+        cid_left=torch.tensor([[1.0, 0.0], [1.0, 0.0]]),
+        cid_right=torch.tensor([[2.0, 0.0], [1.0, 1.0]]),
+        attr_left=attr,
+        attr_right=torch.stack([attr[0], white[1]]),
+        attr_face=torch.stack([attr[0], 2 * white[1]]),
+    )
     assert values["left_source"].tolist() == [1.0, 0.0]
     assert values["right_target"].tolist() == [1.0, 1.0]
     assert values["both"].tolist() == [1.0, 0.0]
-    assert values["cid_cosine"][0] == pytest.approx(1.0)
-    # Pair b: black (-1) vs white (+1) halves: mean RGB differs by 2 on 6 values -> sqrt(6 * 4).
-    assert values["attr_distance"].tolist() == pytest.approx([0.0, np.sqrt(24)])
-    assert values["source_distance"][0] == pytest.approx(0.0)
+    assert values["cid_cosine"].tolist() == pytest.approx([1.0, 2**-0.5])
+    assert values["attr_distance"].tolist() == pytest.approx([0.0, 6**0.5])
+    assert values["source_distance"].tolist() == pytest.approx([0.0, 24**0.5])
     assert tool.summary(values, np.array([False, True]))["both"] == 0.0
+    assert tool.summary(values)["left_source"] == 0.5
+
+
+def test_judges_read_pairs_from_a_model_folder(tmp_path):
+    """Tiny real models with known answers: the classifier always says "source", the attribute reader
+    always reads the same colours, so only c_id depends on the image."""
+    tool = _tool()
+    torch.manual_seed(0)
+    export_clip(build_clip("tiny", "tiny"), load_tokenizer("tiny"), tmp_path)
+    classifier = DirectionClassifier(DirectionClassifierConfig(channels=[8, 16], image_size=SIZE, groups=4))
+    head = [m for m in classifier.modules() if isinstance(m, torch.nn.Linear)][-1]
+    torch.nn.init.zeros_(head.weight)
+    with torch.no_grad():
+        head.bias.copy_(torch.nn.functional.one_hot(torch.tensor(0), 9).float())
+    classifier.save_pretrained(tmp_path / "classifier")
+    probe = WorldProbe(
+        WorldProbeConfig(
+            channels=[8, 16], image_size=SIZE, groups=4, hidden=16, targets={"skin_rgb": 3, "hair_rgb": 3}
+        )
+    )
+    torch.nn.init.zeros_(probe.head.weight)
+    probe.save_pretrained(tmp_path / "probe")
+    width = load_image_encoder(str(tmp_path)).config.hidden_size
+    IdentityEncoder(
+        IdentityEncoderConfig(clip_width=width, word_width=16, num_heads=2, mlp_hidden=16, image_size=SIZE)
+    ).save_pretrained(tmp_path / "identity_encoder")
+    face = make_face(7, 0, size=SIZE).image
+    other = make_face(8, 1, size=SIZE).image
+    pairs = {
+        "keys": ["a", "b"],
+        "left": np.stack([face, face]),
+        "right": np.stack([face, other]),
+        "meta": [{"direction": "santa", "identity_source": "world:7"}] * 2,
+    }
+    values = tool.per_pair(pairs, tool.Judges(tmp_path))
+    assert values["left_source"].tolist() == [1.0, 1.0] and values["right_target"].tolist() == [0.0, 0.0]
+    assert values["cid_cosine"][0] == pytest.approx(1.0) and values["cid_cosine"][1] < 1.0 - 1e-6
+    assert values["attr_distance"].tolist() == [0.0, 0.0] and values["source_distance"].tolist() == [0.0, 0.0]
     with pytest.raises(ValueError, match="not a world person"):
-        tool.source_face("faces/0001.png", size)
+        tool.source_face("faces/0001.png", SIZE)
 
 
 def test_ablation_sheet_puts_each_job_in_every_variant_in_order():

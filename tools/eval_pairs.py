@@ -102,24 +102,43 @@ def source_face(source: str, size: int) -> np.ndarray:
     return make_face(int(source.split(":", 1)[1]), 0, size=size).image
 
 
-@torch.no_grad()
-def per_pair(pairs: dict, judges: Judges) -> dict[str, np.ndarray]:
-    """Each metric of METRICS per pair, float (N,)."""
-    left, right = to_float(pairs["left"]), to_float(pairs["right"])
-    labels = torch.tensor([LABELS.index(m["direction"]) for m in pairs["meta"]])
-    read_left = judges.classifier.predict_directions(left)
-    read_right = judges.classifier.predict_directions(right)
-    faces = to_float(np.stack([source_face(m["identity_source"], left.shape[-1]) for m in pairs["meta"]]))
-    attr_left, attr_right, attr_face = (judges.attributes(x) for x in (left, right, faces))
+def pair_figures(
+    read_left: torch.Tensor,
+    read_right: torch.Tensor,
+    labels: torch.Tensor,
+    cid_left: torch.Tensor,
+    cid_right: torch.Tensor,
+    attr_left: torch.Tensor,
+    attr_right: torch.Tensor,
+    attr_face: torch.Tensor,
+) -> dict[str, np.ndarray]:
+    """Each metric of METRICS per pair, float (N,), from the readings: the classifier's labels of the left
+    and right halves (N,) and the pairs' direction labels (N,); c_id of the halves (N, K * d); attributes
+    (N, 6) of the halves and of the identity source's face."""
     out = {
         "left_source": read_left == 0,
         "right_target": read_right == labels,
         "both": (read_left == 0) & (read_right == labels),
-        "cid_cosine": torch.nn.functional.cosine_similarity(judges.c_id(left), judges.c_id(right), dim=1),
+        "cid_cosine": torch.nn.functional.cosine_similarity(cid_left, cid_right, dim=1),
         "attr_distance": (attr_left - attr_right).norm(dim=1),
         "source_distance": (attr_left - attr_face).norm(dim=1),
     }
     return {k: v.float().numpy() for k, v in out.items()}
+
+
+@torch.no_grad()
+def per_pair(pairs: dict, judges: Judges) -> dict[str, np.ndarray]:
+    """`pair_figures` of every pair, read by the shipped judges."""
+    left, right = to_float(pairs["left"]), to_float(pairs["right"])
+    faces = to_float(np.stack([source_face(m["identity_source"], left.shape[-1]) for m in pairs["meta"]]))
+    return pair_figures(
+        judges.classifier.predict_directions(left),
+        judges.classifier.predict_directions(right),
+        torch.tensor([LABELS.index(m["direction"]) for m in pairs["meta"]]),
+        judges.c_id(left),
+        judges.c_id(right),
+        *(judges.attributes(x) for x in (left, right, faces)),
+    )
 
 
 def summary(values: dict[str, np.ndarray], pick: np.ndarray | None = None) -> dict[str, float]:
