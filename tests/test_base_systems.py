@@ -75,6 +75,30 @@ def test_described_captions_put_the_person_after_the_gender_word():
     assert (WorldImagesDataset(world_pairs(200), describe_p=0.5, seed=3).described == half.described).all()
 
 
+def test_described_captions_are_positives_of_their_own_image_only():
+    from portrait_edit.systems.clip import caption_positives
+
+    plain = {"a man, angry", "a woman, angry"}
+    captions = ["a man, angry", "a man with tan skin, angry", "a man with grey hair, angry", "a woman, angry"]
+    classes = torch.tensor([5, 5, 5, 14])  # three angry men, one angry woman
+    distinct = sorted(set(captions))  # grey, tan, "a man, angry", "a woman, angry"
+    assert distinct == [
+        "a man with grey hair, angry",
+        "a man with tan skin, angry",
+        "a man, angry",
+        "a woman, angry",
+    ]
+    expected = torch.tensor(
+        [
+            [False, False, True, False],  # the plain image: only the plain caption of its class
+            [False, True, True, False],  # the tan man: his description and the plain caption
+            [True, False, True, False],
+            [False, False, False, True],
+        ]
+    )
+    assert torch.equal(caption_positives(captions, classes, distinct, plain), expected)
+
+
 def test_psnr_of_a_known_constant_error():
     target = torch.rand(2, 3, 8, 8) * 0.5
     prediction = target.clone()

@@ -89,25 +89,3 @@ def test_comment_edits_leave_a_config_unchanged(tmp_path, monkeypatch):
     assert config_unchanged(current, "stage.yaml") and not config_unchanged(legacy, "stage.yaml")
     config.write_text("model:\n  lr: 0.002\n")
     assert not config_unchanged(current, "stage.yaml")
-
-
-def test_describe_refuses_to_fine_tune_its_own_output_twice(tmp_path, monkeypatch):
-    import json
-
-    import pytest
-
-    (tmp_path / "mini").mkdir()
-    unet_date = "2026-01-03T00:00:00+0000"
-    stages = {
-        "pairs": {"date": "2026-01-01T00:00:00+0000"},
-        "unet": {"date": unet_date},
-        "describe": {"date": "2026-01-04T00:00:00+0000", "inputs": {"pairs": "2026-01-01T00:00:00+0000", "unet": unet_date}},
-    }  # fmt: skip
-    (tmp_path / "mini" / "manifest.json").write_text(json.dumps({"stages": stages}))
-    monkeypatch.setattr(make_mini_base, "DATA_DIR", tmp_path)
-    monkeypatch.setattr(make_mini_base, "config_unchanged", lambda done, config: False)  # its config changed
-    ran = []
-    monkeypatch.setattr(make_mini_base, "run_stage", lambda *args: ran.append(args) or {})
-    with pytest.raises(SystemExit, match="--force unet describe"):
-        make_mini_base.main(["--only", "describe"])
-    assert ran == []

@@ -54,7 +54,6 @@ STAGES = (
     ("probe", "fit", "configs/mini/base_probe.yaml"),
     ("unet", "fit", "configs/mini/base_unet.yaml"),
     ("controlnet", "fit", "configs/mini/base_controlnet.yaml"),
-    ("describe", "fit", "configs/mini/base_unet_describe.yaml"),  # goes on from the unet stage's UNet
     ("identity", "fit", "configs/mini/identity.yaml"),  # stage 1: the identity encoder on this base
 )
 
@@ -62,8 +61,8 @@ STAGES = (
 # What each stage's models are trained on: a stage remade outdates the stages that use it.
 USES = {
     "vae": ("pairs",), "clip": ("pairs",), "classifier": ("pairs", "vae"), "probe": ("pairs",),
-    "unet": ("pairs", "vae", "clip"), "controlnet": ("pairs", "unet"), "describe": ("pairs", "unet"),
-    "identity": ("vae", "clip", "describe"),
+    "unet": ("pairs", "vae", "clip"), "controlnet": ("pairs", "unet"),
+    "identity": ("vae", "clip", "unet"),
 }  # fmt: skip
 
 
@@ -287,11 +286,6 @@ def main(argv: list[str] | None = None) -> int:
                 )
             print(f"=== {name}: up to date ({done.get('revision', '?')}), skipped; --force {name} to redo")
             continue
-        if name == "describe" and done and done.get("inputs", {}).get("unet") == inputs["unet"]:
-            raise SystemExit(
-                "describe: data/mini/unet already holds this UNet after the describe stage, and the stage "
-                "fine-tunes the unet stage's UNet; redo both: --force unet describe"
-            )
         if subcommand == "fit":
             prepare_run_dir(config, inputs, force=name in args.force, stale=bool(stale))
         entry = {**run_stage(name, subcommand, config, extra[subcommand], done), "inputs": inputs}

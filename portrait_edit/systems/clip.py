@@ -7,6 +7,9 @@ contrasted against them with all captions of its class as positives (`multi_posi
 is (gender, label); both source captions of a gender ("a man, normal costume" and "a man, neutral
 expression": the source image of a costume pair and of an expression pair look alike) belong to the
 source class, so either one is a correct answer for a source image, in training and in retrieval.
+A caption that also describes the person ("a man with tan skin and a grey buzz cut, angry": the
+datamodule's `describe_p`) is a positive of its own image only (`caption_positives`), so the towers learn
+the words and the looks of a person, as real CLIP knows them; the identity encoder reads those looks.
 
 Validation: image-to-caption retrieval over all 20 captions, top-1 counted correct when the best caption
 is of the image's class (`retrieval_top1`), i.e. over the 18 caption classes.
@@ -54,6 +57,28 @@ def multi_positive_loss(
     image_to_text = torch.logsumexp(logits, dim=1) - torch.logsumexp(masked, dim=1)
     text_to_image = torch.logsumexp(logits, dim=0) - torch.logsumexp(masked, dim=0)
     return 0.5 * (image_to_text.mean() + text_to_image.mean())
+
+
+def caption_positives(
+    captions: list[str], classes: torch.Tensor, distinct: list[str], plain: set[str]
+) -> torch.Tensor:
+    """Which of the `distinct` captions are true of each image, bool (B, C).
+
+    A plain caption (one of `plain`, the world's 20 class captions) is true of every image of its class; a
+    described caption only of the images that carry it. A caption's class is that of an image carrying it.
+
+    Args:
+        captions: the B images' own captions.
+        classes: long (B,), each image's class (`image_classes`).
+        distinct: the C captions contrasted against (each carried by some image).
+        plain: the captions that name only a class.
+    """
+    caption_class = torch.stack([classes[captions.index(c)] for c in distinct])
+    same_class = classes[:, None] == caption_class[None, :]
+    own = torch.tensor(
+        [[c == mine or c in plain for c in distinct] for mine in captions], device=classes.device
+    )
+    return same_class & own
 
 
 def retrieval_top1(
@@ -115,7 +140,8 @@ class CLIPSystem(LightningModule):
         self.save_hyperparameters()
         self.clip = build_clip(text_config, vision_config, seed)
         self.tokenizer = load_tokenizer(tokenizer)
-        self._tokens: dict[str, torch.Tensor] = {}  # caption -> ids (L,): the world has 20 captions
+        self._tokens: dict[str, torch.Tensor] = {}  # caption -> ids (L,)
+        self._plain = set(caption_classes()[0])  # the 20 class captions; others describe a person
         self._val_captions: torch.Tensor | None = None  # (20, D) caption embeddings during validation
         self._val_classes: torch.Tensor | None = None
 
@@ -144,9 +170,7 @@ class CLIPSystem(LightningModule):
         captions: list[str] = batch["caption"]
         classes = image_classes(batch["gender"], batch["label"])
         distinct = sorted(set(captions))
-        # A caption's class is that of any image carrying it (a caption names gender and label).
-        caption_class = torch.stack([classes[captions.index(c)] for c in distinct])
-        positives = classes[:, None] == caption_class[None, :]  # (B, C)
+        positives = caption_positives(captions, classes, distinct, self._plain)  # (B, C)
         scale = self.clip.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
         loss = multi_positive_loss(self(batch["image"]), self.encode_text(distinct), positives, scale)
         size = len(captions)
