@@ -53,8 +53,8 @@ STAGES = (
     ("classifier", "fit", "configs/mini/base_classifier.yaml"),
     ("probe", "fit", "configs/mini/base_probe.yaml"),
     ("unet", "fit", "configs/mini/base_unet.yaml"),
+    ("identity", "fit", "configs/mini/identity.yaml"),  # stage 1's identity encoder (needs no ControlNet)
     ("controlnet", "fit", "configs/mini/base_controlnet.yaml"),
-    ("identity", "fit", "configs/mini/identity.yaml"),  # stage 1: the identity encoder on this base
 )
 
 
