@@ -109,6 +109,21 @@ def test_unet_calls_per_edit(editor_and_batch, max_rows):
     assert rows == [4 * 2] * 3  # without the mask eps(p_a) is never needed: 4 branch rows per input
 
 
+def test_an_edit_depends_on_its_input_and_seed_not_its_batch(editor_and_batch):
+    editor, sources, p_a, p_b = editor_and_batch
+    pair = editor.edit(sources, p_a, p_b, threshold=0.2, steps=3, mask_seeds=2, seed=[7, 8])
+    alone = editor.edit(sources[1:], p_a[1:], p_b[1:], threshold=0.2, steps=3, mask_seeds=2, seed=[8])
+    assert_close(alone.images[0], pair.images[1], rtol=1e-4, atol=1e-5)
+    # The soft map is normalised by its maximum, which magnifies float differences of batched matmuls.
+    assert_close(alone.soft_masks[0], pair.soft_masks[1], rtol=1e-3, atol=1e-3)
+    same = editor.edit(sources[1:], p_a[1:], p_b[1:], use_mask=False, steps=3, seed=8)
+    assert_close(
+        same.images, editor.edit(sources[1:], p_a[1:], p_b[1:], use_mask=False, steps=3, seed=[8]).images
+    )
+    with pytest.raises(ValueError, match="one seed per input"):
+        editor.edit(sources, p_a, p_b, steps=3, seed=[1])
+
+
 def test_two_condition_case_is_instruct_pix2pix_guidance(tiny_sd):
     """Without the image embedding, e(im,0,0) = e(0,0,0) and the 3-way guidance is InstructPix2Pix's
     combination with image_guidance_scale = s2 and guidance_scale = s3: checked against the pipeline, whose

@@ -58,6 +58,25 @@ class EditResult:
     soft_masks: torch.Tensor | None
 
 
+def row_noise(shape: tuple[int, ...], seeds: list[int], copies: int | None = None) -> torch.Tensor:
+    """Standard normal noise with each row drawn from its own seed, so a row's noise never depends on the
+    batch it is in: float (B, *shape), or (copies, B, *shape) with `copies` draws per row."""
+    draws = [
+        torch.randn((copies or 1, *shape), generator=torch.Generator().manual_seed(int(seed)))
+        for seed in seeds
+    ]
+    noise = torch.stack(draws, dim=1)  # (copies, B, *shape)
+    return noise if copies is not None else noise[0]
+
+
+def row_seeds(seed: int | list[int], count: int) -> list[int]:
+    """Per-row seeds: a list as given (one per row), an int for every row."""
+    seeds = [int(seed)] * count if isinstance(seed, int) else [int(s) for s in seed]
+    if len(seeds) != count:
+        raise ValueError(f"need one seed per input ({count}), got {len(seeds)}")
+    return seeds
+
+
 class MCDMEditor:
     """Edits portraits with a trained MCDM.
 
@@ -190,20 +209,20 @@ class MCDMEditor:
         seeds: int = 10,
         steps: int = 20,
         mask_at: float = 0.5,
-        seed: int = 0,
+        seed: int | list[int] = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The edit mask M and its soft map, float (B, h, w) at latent resolution.
 
         E(x_A) is noised to the timestep `mask_at` of the way through the `steps` UniPC timesteps (0.5 of
-        20: the 10th) with `seeds` noises (seeded by `seed`), and the guided predictions under p_a and p_b
-        (`conditions` with the source branch) are compared."""
+        20: the 10th) with `seeds` noises per input (drawn from the input's `seed`: one int for all, or
+        one per input), and the guided predictions under p_a and p_b (`conditions` with the source
+        branch) are compared."""
         if not 0 < mask_at <= 1:
             raise ValueError(f"mask_at must be in (0, 1], got {mask_at}")
         latent = conditions.latent
         scheduler = self.scheduler(steps)
         t = scheduler.timesteps[math.ceil(mask_at * steps) - 1]
-        generator = torch.Generator().manual_seed(seed)
-        noise = torch.randn((seeds, *latent.shape), generator=generator).to(latent)
+        noise = row_noise(tuple(latent.shape[1:]), row_seeds(seed, len(latent)), copies=seeds).to(latent)
         noisy = scheduler.add_noise(latent.repeat(seeds, 1, 1, 1), noise.flatten(0, 1), t.reshape(1))
         eps_a, eps_b = self.guided_eps(noisy, t, conditions)
         return edit_mask(eps_a, eps_b, seeds, threshold)
@@ -217,7 +236,7 @@ class MCDMEditor:
         threshold: float = 0.2,
         use_mask: bool = True,
         steps: int = 20,
-        seed: int = 0,
+        seed: int | list[int] = 0,
         mask_seeds: int = 10,
         mask_at: float = 0.5,
     ) -> EditResult:
@@ -228,14 +247,16 @@ class MCDMEditor:
             use_mask: Eq. 3 with the model-made mask (5 branch rows a step); False: eps(p_b) alone (the
                 "w/o mask" ablation, 4 rows a step).
             steps: UniPC steps (20 in the paper).
-            seed: seeds the sampling noise z_T (and the mask's noises, with seed + 1).
+            seed: seeds each input's sampling noise z_T (and its mask noises, with seed + 1): one int for
+                every input, or one per input; an input's edit never depends on the batch it is in.
         """
         conditions = self.branch_conditions(sources, p_a, p_b, with_source=use_mask)
         mask = soft = None
+        seeds = row_seeds(seed, len(sources))
         if use_mask:
-            mask, soft = self.mask(conditions, threshold, mask_seeds, steps, mask_at, seed + 1)
+            mask, soft = self.mask(conditions, threshold, mask_seeds, steps, mask_at, [s + 1 for s in seeds])
         scheduler = self.scheduler(steps)
-        noise = torch.randn(conditions.latent.shape, generator=torch.Generator().manual_seed(seed))
+        noise = row_noise(tuple(conditions.latent.shape[1:]), seeds)
         z = noise.to(conditions.latent) * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             eps_a, eps_b = self.guided_eps(z, t, conditions)

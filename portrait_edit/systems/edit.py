@@ -41,7 +41,8 @@ class EditSystem(LightningModule):
         threshold: lambda of the mask; None: per task (costume 0.2, expression 0.35).
         use_mask: Eq. 3 with the model-made mask (False: the "w/o mask" ablation).
         steps: UniPC steps (20).
-        seed: sampling seed of every edit (the same for all inputs and directions: comparable rows).
+        seed: sampling seed of every edit (the same for all inputs and directions: comparable rows; each
+            input draws its own noise from it, so its edit does not depend on its batch or rank).
         mask_seeds: noises averaged by the mask (10).
         max_rows: most rows per UNet call (the mask's 10 x 5 x B x D are chunked above it); None: no limit.
         dtype: float32, float16 or bfloat16 weights.
