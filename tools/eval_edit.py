@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from portrait_edit.data.eval_pairs import EVAL_SEED  # the evaluation's held-out stream
 from portrait_edit.data.images import encode_png, to_uint8
 from portrait_edit.data.jobs import sample_seed
 from portrait_edit.data.prompts import prompts_for, task_for_direction
@@ -34,12 +35,10 @@ from portrait_edit.models.components import load_components
 from portrait_edit.models.conditioning import TextConditioning
 from portrait_edit.models.direction_classifier import DirectionClassifier
 from portrait_edit.models.editor import DiffEditMask, MCDMEditor
+from portrait_edit.models.methods import THRESHOLDS
 from portrait_edit.paths import DATA_DIR
-from portrait_edit.systems.edit import THRESHOLDS
 from portrait_edit.systems.mcdm import SCHEDULER
 from portrait_edit.world import make_pair
-
-EVAL_SEED = 20_26_12  # the editing evaluation's own held-out stream
 
 
 def tensor(images: list[np.ndarray]) -> torch.Tensor:

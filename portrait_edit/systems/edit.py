@@ -25,11 +25,9 @@ from portrait_edit.data.images import encode_png, to_uint8
 from portrait_edit.data.prompts import prompts_for, task_for_direction
 from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_json
 from portrait_edit.models.editor import MCDMEditor
+from portrait_edit.models.methods import threshold_for
 
 log = logging.getLogger(__name__)
-
-# lambda per task (supplementary 1.3): costume 0.2, cartoon expression 0.35.
-THRESHOLDS = {"costume": 0.2, "expression": 0.35}
 
 
 class EditSystem(LightningModule):
@@ -74,11 +72,6 @@ class EditSystem(LightningModule):
         for module in (self.editor.unet, self.editor.conditioning, self.editor.vae):
             module.to(self.device)
 
-    def threshold_for(self, direction: str) -> float:
-        if self.hparams.threshold is not None:
-            return self.hparams.threshold
-        return THRESHOLDS.get(task_for_direction(direction), 0.2)
-
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         directions = list(self.hparams.directions)
         records = [{"name": n, "gender": g, "edits": {}} for n, g in zip(batch["name"], batch["gender"])]
@@ -86,7 +79,7 @@ class EditSystem(LightningModule):
             count = len(records)
             sources = batch["image"].repeat(len(directions), 1, 1, 1)  # direction-major rows
             prompts = [prompts_for(d, g) for d in directions for g in batch["gender"]]
-            thresholds = [self.threshold_for(d) for d in directions]
+            thresholds = [threshold_for(d, self.hparams.threshold) for d in directions]
             # One lambda per call: directions of one task share it, so group the rows by threshold.
             for value in sorted(set(thresholds)):
                 rows = [k * count + i for k, t in enumerate(thresholds) if t == value for i in range(count)]

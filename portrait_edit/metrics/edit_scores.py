@@ -1,0 +1,115 @@
+"""Per-edit scores of the evaluation table (paper Table 1 plus the mini world's extras).
+
+`EditJudges` holds the readers a score needs; a reader that is not configured, or whose weights are not
+on this machine, makes its scores unavailable (with the reason), never a placeholder number:
+- ssim, psnr: the edit against the target x_B (in the mini world the exact edited render);
+- lpips: the lpips package's AlexNet LPIPS (backbone weights from a local file or TORCH_HOME);
+- preservation: SSIM to x_A outside the true edit region (mini world);
+- mask_iou: the method's mask against the true edit region (methods with a mask, mini world);
+- fidelity: the direction classifier reads the edit as the pair's direction;
+- identity: cosine of the identity encoder's c_id of the edit and of x_A;
+- features: CLIP image features of the edits, for a Frechet distance to the targets' ("FID (CLIP)"; the
+  Inception FID proper needs clean-fid's weights).
+Scores are float (B,), NaN where a score does not apply to an item (no true region, no mask).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from portrait_edit.metrics.image import LPIPSMetric, MetricUnavailable, mask_iou, masked_ssim, ssim
+from portrait_edit.metrics.psnr import psnr_per_image
+from portrait_edit.models.clip_image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_pixels
+from portrait_edit.models.components import load_image_encoder
+from portrait_edit.models.direction_classifier import DirectionClassifier
+from portrait_edit.models.identity_encoder import IdentityEncoder, encode_identity
+
+SCORES = ("ssim", "psnr", "lpips", "preservation", "mask_iou", "fidelity", "identity")
+
+
+class EditJudges:
+    """The readers of the scores (module docstring).
+
+    Args:
+        classifier: direction-classifier folder (fidelity); None: fidelity unavailable.
+        image_encoder: CLIP image encoder source (FID features; the identity encoder's CLIP); None: FID
+            (CLIP) and identity unavailable.
+        identity_encoder: identity-encoder folder; None: identity unavailable.
+        lpips_backbone: AlexNet weights for LPIPS (None: TORCH_HOME's copy if any, else unavailable).
+        image_size, image_mean, image_std: how images are shown to the CLIP image encoder for features
+            (mean / std None: OpenAI's; the mini CLIP reads [-1, 1] images as they are: 0.5 / 0.5).
+    """
+
+    def __init__(
+        self,
+        classifier: str | None = None,
+        image_encoder: str | None = None,
+        identity_encoder: str | None = None,
+        lpips_backbone: str | None = None,
+        image_size: int = 64,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+    ) -> None:
+        self.unavailable: dict[str, str] = {}
+        self.classifier = DirectionClassifier.from_pretrained(classifier).eval() if classifier else None
+        if self.classifier is None:
+            self.unavailable["fidelity"] = "no direction classifier configured (classifier=<folder>)"
+        self.clip = (
+            load_image_encoder(image_encoder, torch_dtype=torch.float32).eval() if image_encoder else None
+        )
+        if self.clip is None:
+            self.unavailable["fid_clip"] = "no CLIP image encoder configured (image_encoder=<source>)"
+        self.identity = IdentityEncoder.from_pretrained(identity_encoder).eval() if identity_encoder else None
+        if self.identity is None or self.clip is None:
+            self.unavailable["identity"] = "needs identity_encoder=<folder> and its image_encoder"
+        try:
+            self.lpips: LPIPSMetric | None = LPIPSMetric(lpips_backbone)
+        except MetricUnavailable as exc:
+            self.lpips = None
+            self.unavailable["lpips"] = str(exc)
+        self.view = (image_size, image_mean or list(OPENAI_CLIP_MEAN), image_std or list(OPENAI_CLIP_STD))
+
+    def to(self, device: torch.device | str) -> EditJudges:
+        for module in (self.classifier, self.clip, self.identity):
+            if module is not None:
+                module.to(device)
+        return self
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor | None:
+        """CLIP image features (B, D) of images in [-1, 1], or None without an image encoder."""
+        if self.clip is None:
+            return None
+        return self.clip(pixel_values=clip_pixels(images, *self.view)).image_embeds.float()
+
+    @torch.no_grad()
+    def scores(
+        self,
+        edits: torch.Tensor,
+        masks: torch.Tensor | None,
+        batch: dict,
+        labels: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Every score of SCORES for edits (B, 3, H, W) of `batch` (eval_pairs layout); `labels` (B,)
+        are the directions' classifier labels. Unavailable scores are absent."""
+        source, target, region = batch["source"], batch["target"], batch["region"]
+        known = region.flatten(1).min(dim=1).values >= 0  # (B,): the true region is known
+        nan = torch.full((len(edits),), float("nan"), device=edits.device)
+        out = {
+            "ssim": ssim(edits, target),
+            "psnr": psnr_per_image(((edits + 1) / 2).clamp(0, 1), ((target + 1) / 2).clamp(0, 1)),
+            "preservation": torch.where(known, masked_ssim(edits, source, (1 - region).clamp(0, 1)), nan),
+            "mask_iou": nan
+            if masks is None
+            else torch.where(known, mask_iou(masks, region.clamp(0, 1)), nan),
+        }
+        if self.lpips is not None:
+            out["lpips"] = self.lpips(edits, target)
+        if self.classifier is not None:
+            out["fidelity"] = (self.classifier.predict_directions(edits) == labels.to(edits.device)).float()
+        if self.identity is not None and self.clip is not None:
+            a = encode_identity(self.clip, self.identity, edits).flatten(1)
+            b = encode_identity(self.clip, self.identity, source).flatten(1)
+            out["identity"] = F.cosine_similarity(a, b, dim=1)
+        return {k: v.float() for k, v in out.items()}

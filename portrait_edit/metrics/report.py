@@ -1,0 +1,127 @@
+"""The evaluation table and its picture page: markdown, CSV, JSON and an HTML grid.
+
+`summarise(values, features, target_features)` turns per-item scores into one row per method (means over
+the items a score applies to; the Frechet distance of the edits' features to the targets'); `write_report`
+writes `table.md`, `table.csv`, `table.json` and `index.html` (per sample: input, target, then each
+method's edit and mask) into a folder, each file atomically.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+
+from portrait_edit.data.images import encode_png
+from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_json
+from portrait_edit.metrics.image import fid_from_features
+
+# Column -> (heading, better): the paper's Table 1 figures, then the mini world's extras.
+COLUMNS = {
+    "ssim": ("SSIM", "higher"),
+    "lpips": ("LPIPS", "lower"),
+    "fid_clip": ("FID (CLIP features)", "lower"),
+    "psnr": ("PSNR", "higher"),
+    "preservation": ("SSIM outside the edit", "higher"),
+    "mask_iou": ("mask IoU", "higher"),
+    "fidelity": ("fidelity", "higher"),
+    "identity": ("identity", "higher"),
+}
+
+
+def summarise(
+    values: dict[str, np.ndarray], features: np.ndarray | None, target_features: np.ndarray | None
+) -> dict[str, float | None]:
+    """One method's row: the mean of each score over the items it applies to (None where it applies to
+    none), and fid_clip from the features (None without them, or with fewer than 2 items)."""
+    row: dict[str, float | None] = {}
+    for name, v in values.items():
+        v = np.asarray(v, dtype=np.float64)
+        v = v[~np.isnan(v)]
+        row[name] = float(v.mean()) if len(v) else None
+    usable = (
+        features is not None and target_features is not None and min(len(features), len(target_features)) > 1
+    )
+    row["fid_clip"] = fid_from_features(features, target_features) if usable else None
+    return row
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def markdown_table(rows: dict[str, dict], unavailable: dict[str, str]) -> str:
+    columns = [c for c in COLUMNS if any(r.get(c) is not None for r in rows.values()) or c in unavailable]
+    head = "| method | " + " | ".join(f"{COLUMNS[c][0]} ({COLUMNS[c][1]} is better)" for c in columns) + " |"
+    lines = [head, "|---" * (len(columns) + 1) + "|"]
+    lines += [
+        f"| {name} | " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for name, r in rows.items()
+    ]
+    notes = [f"- {COLUMNS.get(k, (k,))[0]}: unavailable: {why}" for k, why in unavailable.items()]
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+def _img(image: np.ndarray) -> str:
+    data = base64.b64encode(encode_png(image)).decode()
+    return f'<img src="data:image/png;base64,{data}" width="128" height="128">'
+
+
+def html_grid(title: str, grid: list[dict], methods: list[str], table: str) -> str:
+    """Per sample: input, target, then each method's edit (and its mask below it when it has one)."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["input", "target", *methods])
+    rows = []
+    for item in grid:
+        cells = [_img(item["source"]), _img(item["target"])]
+        for m in methods:
+            edit = item["edits"][m]
+            cells.append(
+                _img(edit["image"]) + ("<br>" + _img(edit["mask"]) if edit.get("mask") is not None else "")
+            )
+        caption = html.escape(f"{item['direction']}: {item['p_b']}")
+        rows.append(
+            f"<tr><td colspan='{len(cells)}'>{caption}</td></tr><tr>"
+            + "".join(f"<td>{c}</td>" for c in cells)
+            + "</tr>"
+        )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif} td,th{padding:4px;text-align:center}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><pre>{html.escape(table)}</pre><table><tr>{head}</tr>{''.join(rows)}</table>"
+        "</body></html>"
+    )
+
+
+def write_report(
+    folder: str | Path,
+    title: str,
+    rows: dict[str, dict],
+    unavailable: dict[str, str],
+    grid: list[dict],
+    extra: dict,
+) -> Path:
+    """table.md, table.csv, table.json and index.html in `folder`; returns the markdown's path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(rows, unavailable)
+    atomic_write_bytes(folder / "table.md", f"# {title}\n\n{table}".encode())
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["method", *COLUMNS])
+    writer.writerows([name, *("" if r.get(c) is None else r[c] for c in COLUMNS)] for name, r in rows.items())
+    atomic_write_bytes(folder / "table.csv", buffer.getvalue().encode())
+    atomic_write_json(
+        folder / "table.json",
+        {
+            "title": title,
+            "rows": [{"method": n, **r} for n, r in rows.items()],
+            "unavailable": unavailable,
+            **extra,
+        },
+    )
+    atomic_write_bytes(folder / "index.html", html_grid(title, grid, list(rows), table).encode())
+    return folder / "table.md"

@@ -1,0 +1,122 @@
+"""The editing methods of the evaluation (paper Table 1) behind one call: `method(sources, p_a, p_b, seeds)`.
+
+A `MethodSpec` names a row of the table and how to build it:
+- kind "mcdm": an MCDM export (`model`), with the model-made mask (Ours, and the ablation checkpoints
+  "w/o Prt", "w/o Spt", "w/o Iemb") or without it (`use_mask: false`, "w/o Mask"); lambda per task
+  unless `threshold` is set;
+- kind "sdedit": SDEdit at `strength` on the text-to-image base (`model`: a base source);
+- kind "diffedit": DiffEdit on the base.
+Every method gets the same inputs and per-input seeds, so rows differ only by the method. The call
+returns `BaselineEdit`: images float (B, 3, H, W) in [-1, 1] and, for methods that make one, the mask
+float (B, H, W) in {0, 1} at image resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from portrait_edit.data.prompts import task_for_direction
+from portrait_edit.models.baselines import PARTS, BaselineEdit, DiffEdit, SDEdit
+from portrait_edit.models.components import load_components
+from portrait_edit.models.editor import MCDMEditor
+
+KINDS = ("mcdm", "sdedit", "diffedit")
+THRESHOLDS = {"costume": 0.2, "expression": 0.35}  # lambda per task (supplementary 1.3)
+
+
+@dataclass
+class MethodSpec:
+    """One row of the evaluation table.
+
+    Args:
+        name: the row's name ("Ours", "SDEdit 0.5", "w/o Mask").
+        kind: "mcdm", "sdedit" or "diffedit".
+        model: the MCDM export folder (mcdm) or the base model source (sdedit, diffedit).
+        use_mask: mcdm only: edit with the model-made mask (Eq. 3) or without it.
+        threshold: mcdm only: lambda of the mask; None: per task (costume 0.2, expression 0.35).
+        strength: sdedit only: the share of the schedule x_A is noised to (0.5, 0.8).
+        steps: sampling steps (UniPC 20 for the MCDM; DDIM for the baselines).
+    """
+
+    name: str
+    kind: str
+    model: str
+    use_mask: bool = True
+    threshold: float | None = None
+    strength: float = 0.5
+    steps: int = 20
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"method {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.steps < 1:
+            raise ValueError(f"method {self.name!r}: steps must be >= 1, got {self.steps}")
+
+
+def threshold_for(direction: str, threshold: float | None) -> float:
+    """lambda of an edit in `direction`: `threshold` when set, else its task's."""
+    return threshold if threshold is not None else THRESHOLDS.get(task_for_direction(direction), 0.2)
+
+
+class MCDMMethod:
+    """An MCDM export as a table row: inputs are grouped by lambda (one editor call per group)."""
+
+    def __init__(self, spec: MethodSpec, device: str = "cpu") -> None:
+        self.spec = spec
+        self.editor = MCDMEditor.from_pretrained(spec.model, device=device)
+
+    def modules(self) -> list[torch.nn.Module]:
+        """The torch modules it runs (for moving it to a device)."""
+        return [self.editor.unet, self.editor.conditioning, self.editor.vae]
+
+    def __call__(
+        self, sources: torch.Tensor, p_a: list[str], p_b: list[str], seeds: list[int], directions: list[str]
+    ) -> BaselineEdit:
+        spec = self.spec
+        images = torch.empty_like(sources)
+        masks = torch.zeros(len(sources), *sources.shape[-2:]) if spec.use_mask else None
+        lambdas = [threshold_for(d, spec.threshold) for d in directions]
+        for value in sorted(set(lambdas)):
+            rows = [i for i, x in enumerate(lambdas) if x == value]
+            result = self.editor.edit(
+                sources[rows], [p_a[i] for i in rows], [p_b[i] for i in rows], threshold=value,
+                use_mask=spec.use_mask, steps=spec.steps, seed=[seeds[i] for i in rows],
+            )  # fmt: skip
+            images[rows] = result.images.to(images)
+            if masks is not None:
+                masks[rows] = result.masks.to(masks)
+        return BaselineEdit(images, masks)
+
+
+class BaseModelMethod:
+    """SDEdit or DiffEdit on a base model; DiffEdit's latent mask is upsampled to the image size."""
+
+    def __init__(self, spec: MethodSpec, device: str = "cpu") -> None:
+        components = load_components(spec.model, parts=PARTS, torch_dtype=torch.float32)
+        for part in ("vae", "unet", "text_encoder"):
+            getattr(components, part).to(device)
+        self.spec = spec
+        if spec.kind == "sdedit":
+            self.edit = SDEdit(components, strength=spec.strength, steps=spec.steps)
+        else:
+            self.edit = DiffEdit(components, steps=spec.steps)
+
+    def modules(self) -> list[torch.nn.Module]:
+        """The torch modules it runs (for moving it to a device)."""
+        return [self.edit.pipe.unet, self.edit.pipe.vae, self.edit.pipe.text_encoder]
+
+    def __call__(
+        self, sources: torch.Tensor, p_a: list[str], p_b: list[str], seeds: list[int], directions: list[str]
+    ) -> BaselineEdit:
+        out = self.edit(sources, p_a, p_b, seeds)
+        if out.mask is None:
+            return out
+        mask = F.interpolate(out.mask[:, None], size=tuple(sources.shape[-2:]), mode="nearest")[:, 0]
+        return BaselineEdit(out.images, mask)
+
+
+def build_method(spec: MethodSpec, device: str = "cpu") -> MCDMMethod | BaseModelMethod:
+    return MCDMMethod(spec, device) if spec.kind == "mcdm" else BaseModelMethod(spec, device)

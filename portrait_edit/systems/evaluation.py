@@ -1,0 +1,169 @@
+"""Evaluation as `validate` (paper §4, Table 1): every method edits the same pairs with the same seeds.
+
+`EvaluationSystem.validation_step` runs each method (models/methods.py: MCDM exports with or without the
+mask, SDEdit, DiffEdit) on a batch of evaluation pairs (data/eval_pairs.py) and keeps each item's scores
+(metrics/edit_scores.py) by its index, the edits' CLIP features, and the first `grid_samples` items'
+pictures. At the epoch's end the ranks' items are gathered (each item counted once, whatever rank or
+padding it came from), so 1 and N processes give the same table; rank 0 writes `table.md`, `table.csv`,
+`table.json` and `index.html` into `output_dir` (metrics/report.py) and, under a W&B logger, a table of
+the figures and one of the pictures. Every item's edit depends on its own seed only, never its batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import WandbLogger
+
+from portrait_edit.data.images import to_uint8
+from portrait_edit.data.world_images import LABELS
+from portrait_edit.metrics.edit_scores import SCORES, EditJudges
+from portrait_edit.metrics.report import COLUMNS, summarise, write_report
+from portrait_edit.models.methods import MethodSpec, build_method
+
+log = logging.getLogger(__name__)
+
+
+def gather(items: list) -> list:
+    """The concatenation of every rank's `items` (all_gather_object; the list itself on one process)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return items
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
+class EvaluationSystem(LightningModule):
+    """The evaluation table over validation pairs (module docstring).
+
+    Args:
+        methods: the table's rows, in order (MethodSpec: name, kind, model, ...).
+        output_dir: where table.md / table.csv / table.json / index.html go.
+        title: the table's title.
+        classifier: direction-classifier folder (fidelity); None: unavailable.
+        image_encoder: CLIP image encoder source (FID (CLIP features), identity); None: unavailable.
+        identity_encoder: identity-encoder folder (identity similarity); None: unavailable.
+        lpips_backbone: AlexNet weights file for LPIPS; None: TORCH_HOME's copy, else unavailable.
+        image_size, image_mean, image_std: how images are shown to the CLIP image encoder (224 and OpenAI's
+            mean / std for ViT-L/14; 64 and 0.5 / 0.5 for the mini CLIP).
+        grid_samples: items (the lowest indices) pictured in index.html and the W&B table.
+    """
+
+    def __init__(
+        self,
+        methods: list[MethodSpec],
+        output_dir: str = "outputs/eval",
+        title: str = "Editing evaluation",
+        classifier: str | None = None,
+        image_encoder: str | None = None,
+        identity_encoder: str | None = None,
+        lpips_backbone: str | None = None,
+        image_size: int = 224,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        grid_samples: int = 16,
+    ) -> None:
+        super().__init__()
+        names = [m.name for m in methods]
+        if not methods or len(set(names)) != len(names):
+            raise ValueError(f"give at least one method, each with its own name; got {names}")
+        self.save_hyperparameters()
+        self.specs = list(methods)
+        self.methods = [build_method(spec) for spec in methods]
+        self.judges = EditJudges(
+            classifier, image_encoder, identity_encoder, lpips_backbone, image_size, image_mean, image_std
+        )
+        self._items: list[dict[str, Any]] = []
+
+    def on_validation_epoch_start(self) -> None:
+        self.judges.to(self.device)
+        for method in self.methods:
+            for module in method.modules():
+                module.to(self.device)
+        self._items = []
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if not batch["direction"]:
+            return
+        labels = torch.tensor([LABELS.index(d) for d in batch["direction"]])
+        seeds = batch["seed"].tolist()
+        target_features = self.judges.features(batch["target"])
+        edits: dict[str, Any] = {}
+        for spec, method in zip(self.specs, self.methods):
+            out = method(batch["source"], batch["p_a"], batch["p_b"], seeds, batch["direction"])
+            edits[spec.name] = (
+                out,
+                self.judges.scores(out.images, out.mask, batch, labels),
+                self.judges.features(out.images),
+            )
+        for i, index in enumerate(batch["index"].tolist()):
+            item: dict[str, Any] = {
+                "index": index,
+                "direction": batch["direction"][i],
+                "p_b": batch["p_b"][i],
+            }
+            item["target_features"] = None if target_features is None else target_features[i].cpu().numpy()
+            item["methods"] = {
+                name: {"scores": {k: float(v[i]) for k, v in scores.items()},
+                       "features": None if feats is None else feats[i].cpu().numpy()}
+                for name, (out, scores, feats) in edits.items()
+            }  # fmt: skip
+            if index < self.hparams.grid_samples:
+                item["pictures"] = {
+                    "source": to_uint8(batch["source"][i]), "target": to_uint8(batch["target"][i]),
+                    "edits": {name: {"image": to_uint8(out.images[i]),
+                                     "mask": None if out.mask is None else to_uint8(out.mask[i][None].repeat(3, 1, 1) * 2 - 1)}
+                              for name, (out, _, _) in edits.items()},
+                }  # fmt: skip
+            self._items.append(item)
+
+    def on_validation_epoch_end(self) -> None:
+        items = {item["index"]: item for item in gather(self._items)}  # padding duplicates count once
+        ordered = [items[k] for k in sorted(items)]
+        self._items = []
+        if not ordered:
+            return
+        rows = {}
+        targets = _stack([it["target_features"] for it in ordered])
+        for spec in self.specs:
+            scores = {s: np.array([it["methods"][spec.name]["scores"].get(s, np.nan) for it in ordered])
+                      for s in SCORES if s not in self.judges.unavailable}  # fmt: skip
+            rows[spec.name] = summarise(
+                scores, _stack([it["methods"][spec.name]["features"] for it in ordered]), targets
+            )
+            for name, value in rows[spec.name].items():
+                if value is not None:
+                    self.log(f"eval/{spec.name}/{name}", value, rank_zero_only=True)
+        if self.trainer.is_global_zero:
+            grid = [
+                {**it["pictures"], "direction": it["direction"], "p_b": it["p_b"]}
+                for it in ordered
+                if "pictures" in it
+            ]
+            path = write_report(self.hparams.output_dir, self.hparams.title, rows, self.judges.unavailable, grid,
+                                {"items": len(ordered), "methods": [vars(s) for s in self.specs]})  # fmt: skip
+            self._log_wandb(rows, grid)
+            log.info("evaluation table (%d items): %s", len(ordered), path)
+
+    def _log_wandb(self, rows: dict[str, dict], grid: list[dict]) -> None:
+        loggers = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
+        if not loggers:
+            return
+        import wandb
+
+        columns = ["method", *COLUMNS]
+        data = [[name, *(r.get(c) for c in COLUMNS)] for name, r in rows.items()]
+        pictures = [[it["direction"], wandb.Image(it["source"]), wandb.Image(it["target"]),
+                     *(wandb.Image(it["edits"][name]["image"]) for name in rows)] for it in grid]  # fmt: skip
+        for lg in loggers:
+            lg.log_table("eval/table", columns=columns, data=data)
+            lg.log_table("eval/edits", columns=["direction", "input", "target", *rows], data=pictures)
+
+
+def _stack(features: list) -> np.ndarray | None:
+    return None if not features or features[0] is None else np.stack(features)

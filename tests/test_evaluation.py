@@ -1,0 +1,117 @@
+"""`validate` with EvaluationSystem on tiny models: every method edits the same held-out world pairs with
+the same seeds, the table's figures match a direct recomputation, and they do not depend on the batch."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from portrait_edit.data.eval_pairs import EvalPairsDataModule, WorldEvalDataset, collate_eval
+from portrait_edit.metrics.image import ssim
+from portrait_edit.models.clip_pair import build_clip, export_clip
+from portrait_edit.models.components import load_tokenizer
+from portrait_edit.models.direction_classifier import DirectionClassifier, DirectionClassifierConfig
+from portrait_edit.models.editor import MCDMEditor
+from portrait_edit.models.mcdm import MCDMConditioning
+from portrait_edit.models.methods import MethodSpec
+from portrait_edit.systems.evaluation import EvaluationSystem
+from portrait_edit.systems.mcdm import MCDMSystem
+
+SIZE = 32
+QUIET = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+DIRECTIONS = ["santa", "angry"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_models")
+    conditioning = MCDMConditioning(
+        image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3, num_image_tokens=3
+    )
+    MCDMSystem(base="tiny", conditioning=conditioning, val_edits=0).export(root / "mcdm", dtype=torch.float32)
+    export_clip(build_clip("tiny", "tiny"), load_tokenizer("tiny"), root / "clip")
+    DirectionClassifier(
+        DirectionClassifierConfig(channels=[8, 16], image_size=SIZE, groups=4)
+    ).save_pretrained(root / "classifier")
+    return root
+
+
+def methods(root):
+    return [
+        MethodSpec("Ours", "mcdm", str(root / "mcdm"), steps=2),
+        MethodSpec("w/o Mask", "mcdm", str(root / "mcdm"), use_mask=False, steps=2),
+        MethodSpec("SDEdit 0.5", "sdedit", "tiny", strength=0.5, steps=4),
+        MethodSpec("DiffEdit", "diffedit", "tiny", steps=4),
+    ]
+
+
+def evaluate(root, out, batch_size):
+    system = EvaluationSystem(
+        methods(root), output_dir=str(out), classifier=str(root / "classifier"), image_encoder=str(root / "clip"),
+        image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3, grid_samples=3,
+    )  # fmt: skip
+    data = EvalPairsDataModule(
+        "world", inputs=2, directions=DIRECTIONS, image_size=SIZE, batch_size=batch_size
+    )
+    Trainer(**QUIET).validate(system, datamodule=data)
+    return json.loads((out / "table.json").read_text())
+
+
+def test_table_rows_figures_and_pages(models, tmp_path):
+    table = evaluate(models, tmp_path / "a", batch_size=2)
+    rows = {row.pop("method"): row for row in table["rows"]}
+    assert list(rows) == ["Ours", "w/o Mask", "SDEdit 0.5", "DiffEdit"] and table["items"] == 4
+    assert rows["Ours"]["mask_iou"] is not None and rows["DiffEdit"]["mask_iou"] is not None
+    assert rows["w/o Mask"]["mask_iou"] is None and rows["SDEdit 0.5"]["mask_iou"] is None
+    for row in rows.values():
+        assert 0 <= row["fidelity"] <= 1 and -1 <= row["ssim"] <= 1 and row["fid_clip"] >= 0
+    assert "lpips" in table["unavailable"] and "identity" in table["unavailable"]
+    # Independent recomputation of Ours' SSIM: the editor on the same items and seeds, one at a time.
+    items = [WorldEvalDataset(2, DIRECTIONS, SIZE)[i] for i in range(4)]
+    editor = MCDMEditor.from_pretrained(models / "mcdm")
+    values = []
+    for item in items:
+        batch = collate_eval([item])
+        edit = editor.edit(batch["source"], batch["p_a"], batch["p_b"], threshold=0.35 if item["direction"] == "angry" else 0.2,
+                           steps=2, seed=batch["seed"].tolist())  # fmt: skip
+        values.append(float(ssim(edit.images, batch["target"])[0]))
+    assert rows["Ours"]["ssim"] == pytest.approx(np.mean(values), abs=1e-4)
+    page = (tmp_path / "a" / "index.html").read_text()
+    assert page.count("<tr><td colspan") == 3 and "n/a" in (tmp_path / "a" / "table.md").read_text()
+    assert (tmp_path / "a" / "table.csv").read_text().splitlines()[0].startswith("method,ssim")
+    # The same table from batches of 3 (another grouping of the items): nothing depends on the batch.
+    other = {row["method"]: row for row in evaluate(models, tmp_path / "b", batch_size=3)["rows"]}
+    for name, row in rows.items():
+        for key, value in row.items():
+            if value is not None:
+                assert other[name][key] == pytest.approx(value, abs=1e-4), (name, key)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_gives_the_one_process_table(models, tmp_path):
+    """Real gloo DDP (2 processes, 5 items: one rank gets a padding duplicate) against 1 process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // 2))  # as each of the 2 processes: same float reductions
+    try:
+        tables = []
+        for devices in (1, 2):
+            out = tmp_path / f"devices{devices}"
+            system = EvaluationSystem(
+                methods(models)[:3], output_dir=str(out), classifier=str(models / "classifier"),
+                image_encoder=str(models / "clip"), image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+            )  # fmt: skip
+            data = EvalPairsDataModule("world", inputs=5, directions=["santa"], image_size=SIZE, batch_size=2)
+            strategy = {"strategy": "ddp_spawn", "devices": 2} if devices == 2 else {"devices": 1}
+            Trainer(**QUIET, **strategy).validate(system, datamodule=data)
+            tables.append(json.loads((out / "table.json").read_text()))
+    finally:
+        torch.set_num_threads(threads)
+    one, two = tables
+    assert one["items"] == two["items"] == 5
+    for a, b in zip(one["rows"], two["rows"]):
+        assert a["method"] == b["method"]
+        for key, value in a.items():
+            if isinstance(value, float):
+                assert b[key] == pytest.approx(value, abs=1e-5), (a["method"], key)
