@@ -104,3 +104,12 @@ def test_lpips_without_weights_is_unavailable_with_the_reason(tmp_path, monkeypa
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(MetricUnavailable, match="AlexNet weights"):
         LPIPSMetric()
+
+
+def test_fid_without_inception_weights_is_unavailable_with_the_reason(tmp_path):
+    from portrait_edit.metrics.image import InceptionFeatures, MetricUnavailable
+
+    with pytest.raises(MetricUnavailable, match="inception-2015-12-05.pt"):
+        InceptionFeatures(str(tmp_path))  # an empty folder: nothing is downloaded
+    with pytest.raises(MetricUnavailable, match="inception=<folder>"):
+        InceptionFeatures(None)

@@ -8,8 +8,8 @@ on this machine, makes its scores unavailable (with the reason), never a placeho
 - mask_iou: the method's mask against the true edit region (methods with a mask, mini world);
 - fidelity: the direction classifier reads the edit as the pair's direction;
 - identity: cosine of the identity encoder's c_id of the edit and of x_A;
-- features: CLIP image features of the edits, for a Frechet distance to the targets' ("FID (CLIP)"; the
-  Inception FID proper needs clean-fid's weights).
+- features: clean-fid's Inception features ("fid", with its weights) and CLIP image features
+  ("fid_clip") of the edits, for Frechet distances to the targets'.
 Scores are float (B,), NaN where a score does not apply to an item (no true region, no mask).
 """
 
@@ -18,7 +18,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from portrait_edit.metrics.image import LPIPSMetric, MetricUnavailable, mask_iou, masked_ssim, ssim
+from portrait_edit.metrics.image import (
+    InceptionFeatures,
+    LPIPSMetric,
+    MetricUnavailable,
+    mask_iou,
+    masked_ssim,
+    ssim,
+)
 from portrait_edit.metrics.psnr import psnr_per_image
 from portrait_edit.models.clip_image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_pixels
 from portrait_edit.models.components import load_image_encoder
@@ -37,6 +44,7 @@ class EditJudges:
             (CLIP) and identity unavailable.
         identity_encoder: identity-encoder folder; None: identity unavailable.
         lpips_backbone: AlexNet weights for LPIPS (None: TORCH_HOME's copy if any, else unavailable).
+        inception: folder of clean-fid's Inception weights (FID); None: FID unavailable.
         image_size, image_mean, image_std: how images are shown to the CLIP image encoder for features
             (mean / std None: OpenAI's; the mini CLIP reads [-1, 1] images as they are: 0.5 / 0.5).
     """
@@ -47,6 +55,7 @@ class EditJudges:
         image_encoder: str | None = None,
         identity_encoder: str | None = None,
         lpips_backbone: str | None = None,
+        inception: str | None = None,
         image_size: int = 64,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
@@ -68,20 +77,29 @@ class EditJudges:
         except MetricUnavailable as exc:
             self.lpips = None
             self.unavailable["lpips"] = str(exc)
+        try:
+            self.inception: InceptionFeatures | None = InceptionFeatures(inception)
+        except MetricUnavailable as exc:
+            self.inception = None
+            self.unavailable["fid"] = str(exc)
         self.view = (image_size, image_mean or list(OPENAI_CLIP_MEAN), image_std or list(OPENAI_CLIP_STD))
 
     def to(self, device: torch.device | str) -> EditJudges:
-        for module in (self.classifier, self.clip, self.identity):
+        for module in (self.classifier, self.clip, self.identity, self.inception and self.inception.model):
             if module is not None:
                 module.to(device)
         return self
 
     @torch.no_grad()
-    def features(self, images: torch.Tensor) -> torch.Tensor | None:
-        """CLIP image features (B, D) of images in [-1, 1], or None without an image encoder."""
-        if self.clip is None:
-            return None
-        return self.clip(pixel_values=clip_pixels(images, *self.view)).image_embeds.float()
+    def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features of images in [-1, 1] for each available Frechet distance: "fid" (Inception, (B, 2048))
+        and "fid_clip" (CLIP image embeddings, (B, D))."""
+        out = {}
+        if self.inception is not None:
+            out["fid"] = self.inception(images)
+        if self.clip is not None:
+            out["fid_clip"] = self.clip(pixel_values=clip_pixels(images, *self.view)).image_embeds.float()
+        return out
 
     @torch.no_grad()
     def scores(

@@ -5,6 +5,8 @@
 - `frechet_distance` / `feature_stats`: the FID formula on any feature arrays (Inception features with
   clean-fid's extractor for FID proper; the mini CLIP's image features for the mini world, reported as
   "FID (mini CLIP)").
+- `InceptionFeatures`: clean-fid's "clean" FID features (its TorchScript Inception from a local folder,
+  never downloaded; PIL bicubic resize to 299): unavailable, with the reason, without the weights file.
 - `mask_iou`: intersection over union of binary masks.
 - `LPIPSMetric`: the lpips package's AlexNet LPIPS; the backbone's weights come from a local file or
   TORCH_HOME (nothing is downloaded): without them it is unavailable, with the reason.
@@ -80,6 +82,38 @@ def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
 
 class MetricUnavailable(RuntimeError):
     """A metric whose weights are not on this machine: reported as unavailable with this reason."""
+
+
+class InceptionFeatures:
+    """clean-fid's "clean"-mode Inception features (B, 2048) of images in [-1, 1].
+
+    Args:
+        folder: the folder holding clean-fid's `inception-2015-12-05.pt` (nothing is downloaded).
+    """
+
+    WEIGHTS_NAME = "inception-2015-12-05.pt"
+
+    def __init__(self, folder: str | None) -> None:
+        from cleanfid.inception_torchscript import InceptionV3W
+        from cleanfid.resize import build_resizer
+
+        if folder is None or not (Path(folder) / self.WEIGHTS_NAME).is_file():
+            raise MetricUnavailable(
+                f"FID needs clean-fid's Inception weights ({self.WEIGHTS_NAME}); none in {folder or '(not set)'}: "
+                "put the file in a folder and pass inception=<folder>"
+            )
+        self.model = InceptionV3W(str(folder), download=False, resize_inside=False).eval()
+        self.resize = build_resizer("clean")  # PIL bicubic to 299 x 299, as clean-fid's "clean" mode
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        # clean-fid resizes uint8 images to float32 in [0, 255] and feeds them unscaled.
+        resized = torch.stack(
+            [torch.from_numpy(np.asarray(self.resize(x), np.float32)).permute(2, 0, 1) for x in pixels]
+        )
+        device = next(self.model.parameters(), torch.empty(0)).device
+        return self.model(resized.to(device)).float()
 
 
 class LPIPSMetric:

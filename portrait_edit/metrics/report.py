@@ -1,7 +1,7 @@
 """The evaluation table and its picture page: markdown, CSV, JSON and an HTML grid.
 
-`summarise(values, features, target_features)` turns per-item scores into one row per method (means over
-the items a score applies to; the Frechet distance of the edits' features to the targets'); `write_report`
+`summarise(values, frechet)` turns per-item scores into one row per method (means over the items a score
+applies to; the Frechet distances of the edits' features to the targets'); `write_report`
 writes `table.md`, `table.csv`, `table.json` and `index.html` (per sample: input, target, then each
 method's edit and mask) into a folder, each file atomically.
 """
@@ -25,6 +25,7 @@ from portrait_edit.metrics.image import fid_from_features
 COLUMNS = {
     "ssim": ("SSIM", "higher"),
     "lpips": ("LPIPS", "lower"),
+    "fid": ("FID", "lower"),
     "fid_clip": ("FID (CLIP features)", "lower"),
     "psnr": ("PSNR", "higher"),
     "preservation": ("SSIM outside the edit", "higher"),
@@ -35,19 +36,18 @@ COLUMNS = {
 
 
 def summarise(
-    values: dict[str, np.ndarray], features: np.ndarray | None, target_features: np.ndarray | None
+    values: dict[str, np.ndarray], frechet: dict[str, tuple[np.ndarray, np.ndarray]]
 ) -> dict[str, float | None]:
     """One method's row: the mean of each score over the items it applies to (None where it applies to
-    none), and fid_clip from the features (None without them, or with fewer than 2 items)."""
+    none), and each Frechet distance of `frechet` (name -> (edit features, target features); None with
+    fewer than 2 items)."""
     row: dict[str, float | None] = {}
     for name, v in values.items():
         v = np.asarray(v, dtype=np.float64)
         v = v[~np.isnan(v)]
         row[name] = float(v.mean()) if len(v) else None
-    usable = (
-        features is not None and target_features is not None and min(len(features), len(target_features)) > 1
-    )
-    row["fid_clip"] = fid_from_features(features, target_features) if usable else None
+    for name, (edits, targets) in frechet.items():
+        row[name] = fid_from_features(edits, targets) if min(len(edits), len(targets)) > 1 else None
     return row
 
 

@@ -49,6 +49,8 @@ class EvaluationSystem(LightningModule):
         image_encoder: CLIP image encoder source (FID (CLIP features), identity); None: unavailable.
         identity_encoder: identity-encoder folder (identity similarity); None: unavailable.
         lpips_backbone: AlexNet weights file for LPIPS; None: TORCH_HOME's copy, else unavailable.
+        inception: folder of clean-fid's Inception weights (inception-2015-12-05.pt) for FID; None:
+            unavailable (the Frechet distance of CLIP features is reported beside it either way).
         image_size, image_mean, image_std: how images are shown to the CLIP image encoder (224 and OpenAI's
             mean / std for ViT-L/14; 64 and 0.5 / 0.5 for the mini CLIP).
         grid_samples: items (the lowest indices) pictured in index.html and the W&B table.
@@ -63,6 +65,7 @@ class EvaluationSystem(LightningModule):
         image_encoder: str | None = None,
         identity_encoder: str | None = None,
         lpips_backbone: str | None = None,
+        inception: str | None = None,
         image_size: int = 224,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
@@ -76,7 +79,14 @@ class EvaluationSystem(LightningModule):
         self.specs = list(methods)
         self.methods = [build_method(spec) for spec in methods]
         self.judges = EditJudges(
-            classifier, image_encoder, identity_encoder, lpips_backbone, image_size, image_mean, image_std
+            classifier,
+            image_encoder,
+            identity_encoder,
+            lpips_backbone,
+            inception,
+            image_size,
+            image_mean,
+            image_std,
         )
         self._items: list[dict[str, Any]] = []
 
@@ -107,10 +117,10 @@ class EvaluationSystem(LightningModule):
                 "direction": batch["direction"][i],
                 "p_b": batch["p_b"][i],
             }
-            item["target_features"] = None if target_features is None else target_features[i].cpu().numpy()
+            item["target_features"] = {k: v[i].cpu().numpy() for k, v in target_features.items()}
             item["methods"] = {
                 name: {"scores": {k: float(v[i]) for k, v in scores.items()},
-                       "features": None if feats is None else feats[i].cpu().numpy()}
+                       "features": {k: v[i].cpu().numpy() for k, v in feats.items()}}
                 for name, (out, scores, feats) in edits.items()
             }  # fmt: skip
             if index < self.hparams.grid_samples:
@@ -129,13 +139,13 @@ class EvaluationSystem(LightningModule):
         if not ordered:
             return
         rows = {}
-        targets = _stack([it["target_features"] for it in ordered])
+        kinds = list(ordered[0]["target_features"])
+        targets = {k: np.stack([it["target_features"][k] for it in ordered]) for k in kinds}
         for spec in self.specs:
             scores = {s: np.array([it["methods"][spec.name]["scores"].get(s, np.nan) for it in ordered])
                       for s in SCORES if s not in self.judges.unavailable}  # fmt: skip
-            rows[spec.name] = summarise(
-                scores, _stack([it["methods"][spec.name]["features"] for it in ordered]), targets
-            )
+            edits = {k: np.stack([it["methods"][spec.name]["features"][k] for it in ordered]) for k in kinds}
+            rows[spec.name] = summarise(scores, {k: (edits[k], targets[k]) for k in kinds})
             for name, value in rows[spec.name].items():
                 if value is not None:
                     self.log(f"eval/{spec.name}/{name}", value, rank_zero_only=True)
@@ -163,7 +173,3 @@ class EvaluationSystem(LightningModule):
         for lg in loggers:
             lg.log_table("eval/table", columns=columns, data=data)
             lg.log_table("eval/edits", columns=["direction", "input", "target", *rows], data=pictures)
-
-
-def _stack(features: list) -> np.ndarray | None:
-    return None if not features or features[0] is None else np.stack(features)
