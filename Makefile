@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE ?= offline
 export PYTHONHASHSEED := 0
 
-.PHONY: install test test-all demo mini-base lint lock clean
+.PHONY: install test test-all demo mini-base bench bench-gpu lint lock clean
 
 install: $(STAMP)
 
@@ -44,6 +44,13 @@ demo: install
 # with our own fit configs and write them, with a manifest, into data/mini/. Resumable.
 mini-base: install
 	$(PY) tools/make_mini_base.py
+
+# Every benchmark in one table: the ratios on the CPU; seconds and ms at SD 1.5 size on a GPU machine.
+bench: install
+	$(PY) tools/bench.py
+
+bench-gpu: install
+	$(PY) tools/bench.py --gpu
 
 lint: install
 	$(VENV)/bin/ruff check portrait_edit tests tools

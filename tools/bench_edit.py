@@ -34,7 +34,7 @@ def clock(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--sd15", action="store_true", help="SD 1.5-size random models instead of the tiny preset"
@@ -46,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--only-ours", action="store_true", help="time our edit only (GPU figures)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def measure(args: argparse.Namespace) -> dict[str, float]:
+    """Print the figures and return them: seconds per edit and, with both, ours / InstructPix2Pix per row."""
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if args.sd15:
         base, clip = "sd15", dict(image_size=224)
@@ -90,17 +94,26 @@ def main(argv: list[str] | None = None) -> int:
         f"mask-guided edit, {base} architecture, {args.size}x{args.size}, batch {args.batch}, {args.steps} steps, "
         f"{args.dtype}, {device}, torch threads {torch.get_num_threads()}"
     )
+    figures = {}
     for name, values in seconds.items():
         best = min(values)
+        figures[f"{name}_s_per_edit"] = best / args.batch
         print(
             f"  {name:>16}: {best / args.batch:8.3f} s/edit  {1000 * best / rows[name]:8.3f} ms per UNet row "
             f"({rows[name] // args.batch} rows per edit, best of {len(values)})"
         )
     if not args.only_ours:
-        ratio = (min(seconds["ours"]) / rows["ours"]) / (
+        figures["ours_over_instruct_pix2pix_per_row"] = (min(seconds["ours"]) / rows["ours"]) / (
             min(seconds["instruct_pix2pix"]) / rows["instruct_pix2pix"]
         )
-        print(f"  ours / InstructPix2Pix, time per UNet row: {ratio:.2f} (target <= 1.0)")
+        print(
+            f"  ours / InstructPix2Pix, time per UNet row: {figures['ours_over_instruct_pix2pix_per_row']:.2f} (target <= 1.0)"
+        )
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    measure(parse(argv))
     return 0
 
 

@@ -27,7 +27,7 @@ from portrait_edit.paths import DATA_DIR, PRESETS_DIR
 from portrait_edit.systems.pair_generation import PairGenerationSystem
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--sd15", action="store_true", help="random SD 1.5-size models instead of the mini base"
@@ -38,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="EDM steps")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def measure(args: argparse.Namespace) -> dict[str, float]:
+    """Print the figures and return them: seconds per pair and pairs per minute."""
     with tempfile.TemporaryDirectory() as tmp:
         bank = Path(tmp) / "bank.json"
         world_pose_bank(64, seed=0).save(bank)
@@ -76,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.device} {args.dtype}, torch threads {torch.get_num_threads()}: {per_pair:.3f} s/pair, "
         f"{60 / per_pair:.1f} pairs/min"
     )
+    return {"s_per_pair": per_pair, "pairs_per_min": 60 / per_pair}
+
+
+def main(argv: list[str] | None = None) -> int:
+    measure(parse(argv))
     return 0
 
 

@@ -91,7 +91,7 @@ def timed(step, batch: dict, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sd15", action="store_true", help="SD 1.5-size random models instead of mini ones")
     parser.add_argument("--size", type=int, default=64, help="image side (512 with --sd15)")
@@ -103,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ema", action="store_true", help="update an EMA copy every step")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     parser.add_argument("--only-cached", action="store_true", help="time cached batches only (GPU figures)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def measure(args: argparse.Namespace) -> dict[str, float]:
+    """Print the figures and return them: ms/step per setting and, with both, the cached / online ratio."""
     device = torch.device(args.device)
     torch.manual_seed(0)
     if args.sd15:
@@ -128,14 +132,21 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.precision}, EMA {'on' if args.ema else 'off'}, compile {'on' if args.compile else 'off'}, "
         f"{device}, torch threads {torch.get_num_threads()}"
     )
+    figures = {}
     for name, values in seconds.items():
         best = min(values)
+        figures[f"{name}_ms_per_step"] = 1000 * best
         print(
             f"  {name:>6}: {1000 * best:8.1f} ms/step  {args.batch / best:8.1f} samples/s  (best of {len(values)})"
         )
     if not args.only_cached:
-        ratio = min(seconds["online"]) / min(seconds["cached"])
-        print(f"  cached / online samples per second: {ratio:.2f}x")
+        figures["cached_over_online"] = min(seconds["online"]) / min(seconds["cached"])
+        print(f"  cached / online samples per second: {figures['cached_over_online']:.2f}x")
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    measure(parse(argv))
     return 0
 
 
