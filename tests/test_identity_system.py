@@ -12,9 +12,11 @@ from PIL import Image
 from torch.testing import assert_close
 
 from portrait_edit.data.error_handler import COUNTS_FIELD
-from portrait_edit.data.faces import FaceImagesDataModule, WorldFacesDataModule
+from portrait_edit.data.faces import FaceImagesDataModule, WorldFacesDataModule, render_faces
+from portrait_edit.models.conditioning import scaled_latents
 from portrait_edit.models.identity_conditioning import IdentityConditioning
 from portrait_edit.systems.identity import IdentityEncoderSystem
+from portrait_edit.world import Pose, draw_pose, make_face, pose_keypoints
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,6 +41,28 @@ def test_world_faces_validation_shows_unseen_identities_twice_with_different_exp
     assert not any(dm.val_set.images[i].tobytes() in train_images for i in range(6))
     batch = next(iter(dm.val_dataloader()))
     assert batch["image"].shape == (4, 3, 32, 32) and set(batch["gender"]) <= {"man", "woman"}
+    # Each face says what it does in the expression captions' words: two different ones per identity.
+    words = {None: "neutral expression", "angry": "angry", "shocked": "shocked", "laughing": "laughing",
+             "crying": "crying"}
+    assert batch["expression"] == dm.val_set.expressions[:4]
+    assert set(dm.val_set.expressions) <= set(words.values())
+    assert all(dm.val_set.expressions[2 * i] != dm.val_set.expressions[2 * i + 1] for i in range(3))
+    faces = render_faces([11, 12, 13, 14, 15, 16], 1, 32)  # view seed 0 of each identity
+    assert faces.expressions == [words[make_face(s, 0, 32).meta["expression"]] for s in range(11, 17)]
+
+
+def test_training_prompts_fill_every_template_field_per_face():
+    conditioning = tiny_conditioning(template="a {gender}, {expression}")
+    batch = {"gender": ["man", "woman"], "expression": ["angry", "neutral expression"]}
+    assert conditioning.prompts(batch) == ["a man, angry", "a woman, neutral expression"]
+    assert tiny_conditioning(template="a photo of a {gender}").prompts(batch) == [
+        "a photo of a man",
+        "a photo of a woman",
+    ]
+    with pytest.raises(ValueError, match="'expression'.*lacks"):
+        conditioning.prompts({"gender": ["man"]})
+    with pytest.raises(ValueError, match="gender words"):
+        conditioning.prompts({"gender": ["cat"], "expression": ["angry"]})
 
 
 def test_one_step_trains_the_identity_encoder_only_and_adds_the_l1_penalty(tmp_path):
@@ -74,6 +98,44 @@ def test_one_step_trains_the_identity_encoder_only_and_adds_the_l1_penalty(tmp_p
         "config.json",
         "model.safetensors",
     ]
+
+
+def test_world_faces_carry_their_pose_drawings_and_a_frozen_controlnet_reads_them():
+    faces = render_faces([21, 22], 2, 32, poses=True)
+    for i, (seed, view) in enumerate([(21, 0), (21, 1), (22, 0), (22, 1)]):
+        pose = Pose.from_dict(make_face(seed, view, 32).meta["pose"])
+        assert np.array_equal(faces.poses[i], draw_pose(pose_keypoints(pose, 32), 32, 32))
+    assert faces[0]["pose"].shape == (3, 32, 32) and render_faces([21], 1, 32)[0].keys() == {
+        "image", "gender", "identity", "expression"
+    }
+    system = IdentityEncoderSystem(
+        base="tiny", conditioning=tiny_conditioning(template="a {gender}, {expression}", controlnet="tiny")
+    )
+    conditioning = system.conditioning
+    assert conditioning.trainable_modules() == {"identity_encoder": conditioning.encoder}
+    assert not any(p.requires_grad for p in conditioning.controlnet.parameters())
+    with torch.no_grad():  # a trained ControlNet's output convs are not the zero init of the preset's
+        for p in conditioning.controlnet.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    batch = {key: [faces[i][key] for i in range(4)] for key in ("gender", "expression")}
+    batch["image"] = torch.stack([faces[i]["image"] for i in range(4)])
+    batch["pose"] = torch.stack([faces[i]["pose"] for i in range(4)])
+    with torch.no_grad():
+        latents = scaled_latents(system.vae, batch["image"])
+    t = torch.full((4,), 500)
+    with torch.no_grad():
+        kwargs = conditioning(batch, latents, t)
+        # The residuals are the ControlNet's own for this pose (shown in [0, 1]) and these text states.
+        down, mid = conditioning.controlnet(
+            latents, t, encoder_hidden_states=kwargs["encoder_hidden_states"],
+            controlnet_cond=(batch["pose"] + 1) / 2, return_dict=False,
+        )  # fmt: skip
+        assert_close(kwargs["mid_block_additional_residual"], mid)
+        assert all(torch.equal(a, b) for a, b in zip(kwargs["down_block_additional_residuals"], down))
+        moved = conditioning({**batch, "pose": batch["pose"].flip(-1)}, latents, t)
+        assert not torch.allclose(moved["mid_block_additional_residual"], mid)
+    with pytest.raises(ValueError, match="no 'pose'"):
+        conditioning({k: v for k, v in batch.items() if k != "pose"}, latents, t)
 
 
 def test_face_folder_skips_corrupt_images_and_takes_genders_from_metadata(tmp_path):
@@ -122,6 +184,7 @@ def test_identity_configs_run_end_to_end_on_the_tiny_preset(tmp_path):
             "--model.init_args.base=tiny",
             f"--model.init_args.export_dir={tmp_path / 'export'}",
             "--model.init_args.conditioning.init_args.image_size=32",
+            "--model.init_args.conditioning.init_args.controlnet=tiny",
             "--data.init_args.identities=4",
             "--data.init_args.views=2",
             "--data.init_args.val_identities=2",

@@ -4,7 +4,8 @@
 
 1. Identity retrieval: `--identities` unseen identities rendered twice (different pose and expression);
    each render's nearest other render by cosine of the flattened c_id (K x D) should be the same
-   identity. Printed beside the same figure for the raw CLIP image embeddings.
+   identity. Printed beside the same figure for raw CLIP features: the image embedding, and the tokens the
+   encoder reads (its CLIP layer), mean-pooled.
 2. Identity in generation: for `--trials` (A, B) pairs of different held-out identities, the mini
    text-to-image model draws "`--template`" for A's gender with A's c_id spliced before the gender word,
    and, with the same seed, without it. The attribute reader (data/mini/probe: skin and hair colour)
@@ -34,7 +35,7 @@ from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_jso
 from portrait_edit.metrics.identity import identity_retrieval_top1
 from portrait_edit.models.clip_image import clip_pixels
 from portrait_edit.models.components import load_image_encoder
-from portrait_edit.models.identity_encoder import IdentityEncoder, encode_identity
+from portrait_edit.models.identity_encoder import IdentityEncoder, clip_tokens, encode_identity
 from portrait_edit.models.token_splice import encode_prompts_with_identity
 from portrait_edit.models.world_probe import WorldProbe
 from portrait_edit.paths import DATA_DIR
@@ -59,9 +60,12 @@ def retrieval(faces: torch.Tensor, ids: torch.Tensor, image_encoder, encoder: Id
     clip = image_encoder(
         pixel_values=clip_pixels(faces, c.image_size, c.image_mean, c.image_std)
     ).image_embeds
+    tokens = clip_tokens(image_encoder, faces, c).mean(dim=1)  # what the encoder reads, mean-pooled
     return {
         "c_id_top1": identity_retrieval_top1(c_id, ids).float().mean().item(),
         "clip_top1": identity_retrieval_top1(clip, ids).float().mean().item(),
+        "clip_tokens_top1": identity_retrieval_top1(tokens, ids).float().mean().item(),
+        "clip_layer": c.clip_layer,
         "identities": int(ids.max()) + 1,
     }
 
@@ -152,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=25, help="sampling steps (DDIM, guidance 7.5)")
     parser.add_argument(
         "--template",
-        default="a {gender}, normal costume",
-        help="the encoder's training prompt (configs/mini/identity.yaml)",
+        default="a {gender}, neutral expression",
+        help="the drawing's prompt: the encoder's training prompt (configs/mini/identity.yaml) for a neutral face",
     )
     parser.add_argument("--out", default="outputs/mini/eval_identity", help="metrics.json and identity.png")
     parser.add_argument("--update-manifest", action="store_true", help="store the figures in the manifest")
@@ -185,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_bytes(out / "identity.png", encode_png(sheet(first, drawn)))
     r, g = metrics["retrieval"], metrics["generation"]
     print(
-        f"retrieval    top-1 {r['c_id_top1']:.3f} with c_id, {r['clip_top1']:.3f} with raw CLIP image embeddings "
-        f"({r['identities']} identities x 2 renders; target >= 0.60, chance {1 / (2 * r['identities'] - 1):.3f})"
+        f"retrieval    top-1 {r['c_id_top1']:.3f} with c_id; raw CLIP: {r['clip_top1']:.3f} by image embedding, "
+        f"{r['clip_tokens_top1']:.3f} by layer {r['clip_layer']} tokens mean-pooled ({r['identities']} identities x 2 renders; target >= 0.60, chance {1 / (2 * r['identities'] - 1):.3f})"
     )
     print(
         f"generation   closer to A than to B: {g['with_tokens']:.3f} with c_id (target >= 0.80), "

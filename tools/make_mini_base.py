@@ -53,8 +53,8 @@ STAGES = (
     ("classifier", "fit", "configs/mini/base_classifier.yaml"),
     ("probe", "fit", "configs/mini/base_probe.yaml"),
     ("unet", "fit", "configs/mini/base_unet.yaml"),
-    ("identity", "fit", "configs/mini/identity.yaml"),  # stage 1's identity encoder (needs no ControlNet)
     ("controlnet", "fit", "configs/mini/base_controlnet.yaml"),
+    ("identity", "fit", "configs/mini/identity.yaml"),  # stage 1's identity encoder, over all of the above
 )
 
 
@@ -62,7 +62,7 @@ STAGES = (
 USES = {
     "vae": ("pairs",), "clip": ("pairs",), "classifier": ("pairs", "vae"), "probe": ("pairs",),
     "unet": ("pairs", "vae", "clip"), "controlnet": ("pairs", "unet"),
-    "identity": ("vae", "clip", "unet"),
+    "identity": ("vae", "clip", "unet", "controlnet"),
 }  # fmt: skip
 
 

@@ -4,6 +4,10 @@ A batch (what IdentityConditioning reads):
     image     float (B, 3, S, S) in [-1, 1], the face (denoising target and CLIP input)
     gender    list[str] of B words ("man" / "woman")
     identity  long (B,) identity id (world faces; FFHQ: the image index, every image its own identity)
+    expression  list[str] of B phrases (world faces only): what the face does in the words of the expression
+              task's captions ("neutral expression", "angry", ...), for templates such as "a {gender}, {expression}"
+    pose      float (B, 3, S, S) in [-1, 1] (world faces with `poses`): the face's OpenPose drawing, for an
+              identity conditioning that shows the pose to a frozen ControlNet
 
 `FaceImagesDataModule`: a folder of images (FFHQ layout: any depth of .png / .jpg / .jpeg / .webp) or
 WebDataset shards of `png` / `jpg` (+ optional `json` with "gender"). Gender comes from metadata where known
@@ -33,11 +37,12 @@ from tqdm.auto import tqdm
 from portrait_edit.data.error_handler import COUNTS_FIELD, CountingErrorHandler
 from portrait_edit.data.images import decode_image, load_image, to_tensor
 from portrait_edit.data.jobs import sample_seed
+from portrait_edit.data.prompts import load_templates
 from portrait_edit.data.shard_pipeline import PairShardsMapDataset, resolve_shards
 from portrait_edit.data.shard_writer import atomic_write_json
 from portrait_edit.models.token_splice import GENDER_WORDS
 from portrait_edit.models.zero_shot import ZeroShotGender
-from portrait_edit.world import make_face
+from portrait_edit.world import Pose, draw_pose, make_face, pose_keypoints
 
 log = logging.getLogger(__name__)
 
@@ -252,25 +257,48 @@ class FaceImagesDataModule(LightningDataModule):
 
 
 class WorldFacesDataset(Dataset):
-    """Rendered faces held in memory: images uint8 (N, S, S, 3), genders, identity ids."""
+    """Rendered faces held in memory: images uint8 (N, S, S, 3), genders, identity ids, expression phrases."""
 
-    def __init__(self, images: np.ndarray, genders: list[str], identities: np.ndarray) -> None:
-        self.images, self.genders, self.identities = images, genders, identities
+    def __init__(
+        self,
+        images: np.ndarray,
+        genders: list[str],
+        identities: np.ndarray,
+        expressions: list[str],
+        poses: np.ndarray | None = None,
+    ) -> None:
+        """poses: uint8 (N, S, S, 3) OpenPose drawings of the faces, or None."""
+        self.images, self.genders, self.identities, self.expressions = images, genders, identities, expressions
+        self.poses = poses
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        image = torch.from_numpy(self.images[i]).permute(2, 0, 1).float() / 127.5 - 1.0
-        return {"image": image, "gender": self.genders[i], "identity": int(self.identities[i])}
+        item = {
+            "image": torch.from_numpy(self.images[i]).permute(2, 0, 1).float() / 127.5 - 1.0,
+            "gender": self.genders[i],
+            "identity": int(self.identities[i]),
+            "expression": self.expressions[i],
+        }
+        if self.poses is not None:
+            item["pose"] = torch.from_numpy(self.poses[i]).permute(2, 0, 1).float() / 127.5 - 1.0
+        return item
+
+
+def expression_phrase(expression: str | None) -> str:
+    """A world face's expression (None: neutral) in the words of the expression task's captions."""
+    templates = load_templates("expression")
+    return templates.source_description if expression is None else templates.description(expression)
 
 
 def render_faces(
-    identity_seeds: list[int], views: int, size: int, distinct_expressions: bool = False
+    identity_seeds: list[int], views: int, size: int, distinct_expressions: bool = False, poses: bool = False
 ) -> WorldFacesDataset:
     """`views` renders of each identity (view seeds 0, 1, ...; with `distinct_expressions`, later views
-    are skipped until their expression differs from every earlier view's)."""
-    images, genders, ids = [], [], []
+    are skipped until their expression differs from every earlier view's); with `poses`, each face's
+    OpenPose drawing too."""
+    images, genders, ids, expressions, drawings = [], [], [], [], []
     for n, seed in enumerate(
         tqdm(identity_seeds, desc="rendering world faces", unit="identity", leave=False)
     ):
@@ -285,7 +313,13 @@ def render_faces(
             images.append(face.image)
             genders.append(face.gender)
             ids.append(n)
-    return WorldFacesDataset(np.stack(images), genders, np.asarray(ids))
+            expressions.append(expression_phrase(face.meta["expression"]))
+            if poses:
+                keypoints = pose_keypoints(Pose.from_dict(face.meta["pose"]), size)
+                drawings.append(draw_pose(keypoints, size, size))
+    return WorldFacesDataset(
+        np.stack(images), genders, np.asarray(ids), expressions, np.stack(drawings) if poses else None
+    )
 
 
 class WorldFacesDataModule(LightningDataModule):
@@ -299,6 +333,7 @@ class WorldFacesDataModule(LightningDataModule):
         batch_size: faces per batch on each rank.
         num_workers: DataLoader workers per rank.
         seed: identity stream and training shuffle.
+        poses: give each face's OpenPose drawing ("pose"), for a conditioning with a pose ControlNet.
     """
 
     def __init__(
@@ -310,6 +345,7 @@ class WorldFacesDataModule(LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
+        poses: bool = False,
     ) -> None:
         super().__init__()
         if min(identities, views, batch_size) < 1 or val_identities < 0 or num_workers < 0:
@@ -327,9 +363,11 @@ class WorldFacesDataModule(LightningDataModule):
         hp = self.hparams
         train_seeds = [sample_seed(hp.seed, i) for i in range(hp.identities)]
         val_seeds = [sample_seed(hp.seed + 1, i) for i in range(hp.val_identities)]
-        self.train_set = render_faces(train_seeds, hp.views, hp.image_size)
+        self.train_set = render_faces(train_seeds, hp.views, hp.image_size, poses=hp.poses)
         self.val_set = (
-            render_faces(val_seeds, 2, hp.image_size, distinct_expressions=True) if val_seeds else None
+            render_faces(val_seeds, 2, hp.image_size, distinct_expressions=True, poses=hp.poses)
+            if val_seeds
+            else None
         )
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:

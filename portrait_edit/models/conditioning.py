@@ -219,12 +219,20 @@ class PoseControlConditioning(TextConditioning):
         generator: torch.Generator | None = None,
     ) -> dict[str, Any]:
         kwargs = super().forward(batch, noisy_latents, timesteps, generator)
-        pose = (batch["pose"].to(noisy_latents) + 1.0) / 2.0  # (B, 3, H, W) in [0, 1]
-        down, mid = self.controlnet(
-            noisy_latents,
-            timesteps,
-            encoder_hidden_states=kwargs["encoder_hidden_states"],
-            controlnet_cond=pose,
-            return_dict=False,
-        )
-        return {**kwargs, "down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        return {**kwargs, **pose_residuals(self.controlnet, kwargs, timesteps, batch["pose"])}
+
+
+def pose_residuals(
+    controlnet: ControlNetModel, unet_kwargs: dict[str, Any], timesteps: torch.Tensor, pose: torch.Tensor
+) -> dict[str, Any]:
+    """The ControlNet's residuals for the UNet call `unet_kwargs` (its sample and text states) under the
+    pose drawings float (B, 3, H, W) in [-1, 1], shown to the ControlNet in [0, 1]."""
+    noisy_latents = unet_kwargs["sample"]
+    down, mid = controlnet(
+        noisy_latents,
+        timesteps,
+        encoder_hidden_states=unet_kwargs["encoder_hidden_states"],
+        controlnet_cond=(pose.to(noisy_latents) + 1.0) / 2.0,
+        return_dict=False,
+    )
+    return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}

@@ -5,20 +5,23 @@ image is denoised under the prompt `template` ("a photo of a {gender}") with the
 right before the gender word: "a photo of a <id_1> <id_2> man".
 
 A batch holds "image" (the face, float (B, 3, H, W) in [-1, 1]) and "gender" (B words, "man" / "woman"),
-and may carry a precomputed "identity_embeds" (B, K, D) (the system computes c_id once per step to
-penalise its size, then passes it here).
+plus one string per face for every other field the template names (the mini world's faces carry
+"expression", so its template "a {gender}, {expression}" says what the face does and c_id need not), and
+may carry a precomputed "identity_embeds" (B, K, D) (the system computes c_id once per step to penalise
+its size, then passes it here).
 """
 
 from __future__ import annotations
 
+import string
 from typing import Any
 
 import torch
 from torch import nn
 
 from portrait_edit.models.clip_image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from portrait_edit.models.components import SDComponents, load_image_encoder
-from portrait_edit.models.conditioning import Batch, TextConditioning, _freeze
+from portrait_edit.models.components import SDComponents, load_image_encoder, load_model
+from portrait_edit.models.conditioning import Batch, TextConditioning, _freeze, pose_residuals
 from portrait_edit.models.identity_encoder import IdentityEncoder, IdentityEncoderConfig, encode_identity
 from portrait_edit.models.token_splice import GENDER_WORDS, encode_prompts_with_identity
 
@@ -27,7 +30,8 @@ class IdentityConditioning(TextConditioning):
     """Face -> c_id -> prompt states with c_id spliced before the gender word.
 
     Args:
-        template: the training prompt, with `{gender}` where the gender word goes.
+        template: the training prompt, with `{gender}` where the gender word goes; any other `{field}` is
+            filled per face from the batch's field of that name (e.g. `{expression}`).
         image_encoder: source of the CLIP image encoder (a hub id such as openai/clip-vit-large-patch14, a
             folder, a preset); None: the base's own `image_encoder` part (the mini world ships one).
         encoder: folder of a trained identity encoder to start from (or to use frozen, with
@@ -40,6 +44,9 @@ class IdentityConditioning(TextConditioning):
         image_size: side faces are resized to for CLIP (224 ViT-L/14, 64 mini).
         image_mean, image_std: CLIP's pixel normalisation (None: OpenAI's; 0.5 / 0.5 for the mini CLIP).
         caption_dropout: probability of replacing a row's prompt (and its identity) by the null text.
+        controlnet: source of a frozen pose ControlNet (a folder such as data/mini, a hub id) fed the batch's
+            "pose" drawing; None: none. What the pose explains (where the head is, how it is turned), c_id
+            need not carry, as the template's fields explain what they name.
     """
 
     def __init__(
@@ -56,11 +63,15 @@ class IdentityConditioning(TextConditioning):
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
         caption_dropout: float = 0.0,
+        controlnet: str | None = None,
     ) -> None:
         super().__init__(caption_dropout=caption_dropout)
         if "{gender}" not in template:
             raise ValueError(f"template {template!r} needs a {{gender}} field (identity words go before it)")
         self.template = template
+        self.template_fields = sorted(
+            {name for _, name, _, _ in string.Formatter().parse(template) if name} - {"gender"}
+        )
         self.image_encoder_source = image_encoder
         # SD parts the system loads for this conditioning (an explicit image encoder is loaded in bind).
         self.parts = ("text_encoder", "tokenizer") + (("image_encoder",) if image_encoder is None else ())
@@ -75,8 +86,10 @@ class IdentityConditioning(TextConditioning):
             image_mean=list(image_mean or OPENAI_CLIP_MEAN),
             image_std=list(image_std or OPENAI_CLIP_STD),
         )
+        self.controlnet_source = controlnet
         self.image_encoder: nn.Module | None = None
         self.encoder: IdentityEncoder | None = None
+        self.controlnet: nn.Module | None = None
 
     def bind(self, components: SDComponents) -> None:
         super().bind(components)
@@ -87,6 +100,8 @@ class IdentityConditioning(TextConditioning):
         else:
             image_encoder = components.image_encoder
         self.image_encoder = _freeze(image_encoder)
+        if self.controlnet_source is not None:
+            self.controlnet = _freeze(load_model("controlnet", self.controlnet_source, torch_dtype=torch.float32))
         if self.encoder_source is None:
             words = self.text_encoder.get_input_embeddings().weight
             config = IdentityEncoderConfig(
@@ -112,15 +127,27 @@ class IdentityConditioning(TextConditioning):
         """c_id of the batch's faces: float (B, K, D)."""
         return encode_identity(self.image_encoder, self.encoder, batch["image"])
 
-    def prompts(self, genders: list[str]) -> list[str]:
-        """The training prompt of each gender word."""
+    def prompts(self, batch: Batch) -> list[str]:
+        """The training prompt of each face of the batch: the template filled with its gender word and
+        its other fields."""
+        genders = list(batch["gender"])
         unknown = sorted(set(genders) - set(GENDER_WORDS))
         if unknown:
             raise ValueError(
                 f"gender words {unknown} are not {list(GENDER_WORDS)}: give the datamodule gender metadata or "
                 "CLIP zero-shot labels"
             )
-        return [self.template.format(gender=g) for g in genders]
+        missing = [name for name in self.template_fields if name not in batch]
+        if missing:
+            raise ValueError(
+                f"template {self.template!r} names {missing}, which the batch lacks (it has {sorted(batch)}): "
+                "use a datamodule that gives them or a template without them"
+            )
+        fields = {name: list(batch[name]) for name in self.template_fields}
+        return [
+            self.template.format(gender=g, **{name: values[i] for name, values in fields.items()})
+            for i, g in enumerate(genders)
+        ]
 
     def forward(
         self,
@@ -131,7 +158,15 @@ class IdentityConditioning(TextConditioning):
     ) -> dict[str, Any]:
         identity = batch["identity_embeds"] if "identity_embeds" in batch else self.identity(batch)
         states = encode_prompts_with_identity(
-            self.text_encoder, self.tokenizer, self.prompts(list(batch["gender"])), identity
+            self.text_encoder, self.tokenizer, self.prompts(batch), identity
         )
         states = self.dropped(states, generator)
-        return {"sample": noisy_latents, "encoder_hidden_states": states.to(noisy_latents.dtype)}
+        kwargs = {"sample": noisy_latents, "encoder_hidden_states": states.to(noisy_latents.dtype)}
+        if self.controlnet is None:
+            return kwargs
+        if "pose" not in batch:
+            raise ValueError(
+                "IdentityConditioning(controlnet=...) needs each face's pose drawing: the batch has no 'pose' "
+                "(WorldFacesDataModule(poses=true) gives it)"
+            )
+        return {**kwargs, **pose_residuals(self.controlnet, kwargs, timesteps, batch["pose"])}
