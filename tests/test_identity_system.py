@@ -138,6 +138,25 @@ def test_world_faces_carry_their_pose_drawings_and_a_frozen_controlnet_reads_the
         conditioning({k: v for k, v in batch.items() if k != "pose"}, latents, t)
 
 
+def test_cross_view_faces_read_c_id_from_another_view_of_the_same_person():
+    dm = world_faces(views=3, cross_view=True)
+    dm.setup("fit")
+    train, images = dm.train_set, dm.train_set.images
+    torch.manual_seed(0)
+    for i in range(len(train)):
+        reference = ((train[i]["reference"] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        (j,) = [j for j in range(len(train)) if np.array_equal(images[j], reference)]
+        assert j != i and train.identities[j] == train.identities[i]
+    assert "reference" not in dm.val_set[0]  # retrieval reads the validation faces themselves
+    conditioning = IdentityEncoderSystem(base="tiny", conditioning=tiny_conditioning()).conditioning
+    batch = next(iter(dm.train_dataloader()))
+    with torch.no_grad():
+        assert_close(conditioning.identity(batch), conditioning.identity({"image": batch["reference"]}))
+        assert not torch.allclose(conditioning.identity(batch), conditioning.identity({"image": batch["image"]}))
+    with pytest.raises(ValueError, match=">= 2 faces per identity"):
+        render_faces([1, 2], 1, 32, cross_view=True)
+
+
 def test_face_folder_skips_corrupt_images_and_takes_genders_from_metadata(tmp_path):
     folder = tmp_path / "ffhq" / "00000"
     folder.mkdir(parents=True)

@@ -8,6 +8,8 @@ A batch (what IdentityConditioning reads):
               task's captions ("neutral expression", "angry", ...), for templates such as "a {gender}, {expression}"
     pose      float (B, 3, S, S) in [-1, 1] (world faces with `poses`): the face's OpenPose drawing, for an
               identity conditioning that shows the pose to a frozen ControlNet
+    reference float (B, 3, S, S) in [-1, 1] (world training faces with `cross_view`): another view of the same
+              person, drawn at random; c_id is taken from it and conditions the denoising of `image`
 
 `FaceImagesDataModule`: a folder of images (FFHQ layout: any depth of .png / .jpg / .jpeg / .webp) or
 WebDataset shards of `png` / `jpg` (+ optional `json` with "gender"). Gender comes from metadata where known
@@ -266,10 +268,22 @@ class WorldFacesDataset(Dataset):
         identities: np.ndarray,
         expressions: list[str],
         poses: np.ndarray | None = None,
+        cross_view: bool = False,
     ) -> None:
-        """poses: uint8 (N, S, S, 3) OpenPose drawings of the faces, or None."""
+        """poses: uint8 (N, S, S, 3) OpenPose drawings of the faces, or None. cross_view: each item also
+        carries a "reference", another face of the same identity drawn at random (torch's RNG)."""
         self.images, self.genders, self.identities, self.expressions = images, genders, identities, expressions
         self.poses = poses
+        self.cross_view = cross_view
+        self.others: dict[int, list[int]] = {}  # face index -> the indices of its identity's other faces
+        if cross_view:
+            by_identity: dict[int, list[int]] = {}
+            for i, identity in enumerate(identities.tolist()):
+                by_identity.setdefault(identity, []).append(i)
+            lonely = [k for k, faces in by_identity.items() if len(faces) < 2]
+            if lonely:
+                raise ValueError(f"cross_view needs >= 2 faces per identity; identities {lonely[:5]} have one")
+            self.others = {i: [j for j in faces if j != i] for faces in by_identity.values() for i in faces}
 
     def __len__(self) -> int:
         return len(self.images)
@@ -283,6 +297,10 @@ class WorldFacesDataset(Dataset):
         }
         if self.poses is not None:
             item["pose"] = torch.from_numpy(self.poses[i]).permute(2, 0, 1).float() / 127.5 - 1.0
+        if self.cross_view:
+            others = self.others[i]
+            j = others[int(torch.randint(len(others), ()))]
+            item["reference"] = torch.from_numpy(self.images[j]).permute(2, 0, 1).float() / 127.5 - 1.0
         return item
 
 
@@ -293,11 +311,16 @@ def expression_phrase(expression: str | None) -> str:
 
 
 def render_faces(
-    identity_seeds: list[int], views: int, size: int, distinct_expressions: bool = False, poses: bool = False
+    identity_seeds: list[int],
+    views: int,
+    size: int,
+    distinct_expressions: bool = False,
+    poses: bool = False,
+    cross_view: bool = False,
 ) -> WorldFacesDataset:
     """`views` renders of each identity (view seeds 0, 1, ...; with `distinct_expressions`, later views
     are skipped until their expression differs from every earlier view's); with `poses`, each face's
-    OpenPose drawing too."""
+    OpenPose drawing too; with `cross_view`, items carry a reference view (WorldFacesDataset)."""
     images, genders, ids, expressions, drawings = [], [], [], [], []
     for n, seed in enumerate(
         tqdm(identity_seeds, desc="rendering world faces", unit="identity", leave=False)
@@ -318,7 +341,12 @@ def render_faces(
                 keypoints = pose_keypoints(Pose.from_dict(face.meta["pose"]), size)
                 drawings.append(draw_pose(keypoints, size, size))
     return WorldFacesDataset(
-        np.stack(images), genders, np.asarray(ids), expressions, np.stack(drawings) if poses else None
+        np.stack(images),
+        genders,
+        np.asarray(ids),
+        expressions,
+        np.stack(drawings) if poses else None,
+        cross_view=cross_view,
     )
 
 
@@ -334,6 +362,9 @@ class WorldFacesDataModule(LightningDataModule):
         num_workers: DataLoader workers per rank.
         seed: identity stream and training shuffle.
         poses: give each face's OpenPose drawing ("pose"), for a conditioning with a pose ControlNet.
+        cross_view: training faces carry a "reference", another view of the same person (views >= 2): c_id
+            is read from it and must help denoise this view, so only what the views share (the identity)
+            pays, not this view's pose or expression. Validation faces carry none.
     """
 
     def __init__(
@@ -346,6 +377,7 @@ class WorldFacesDataModule(LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         poses: bool = False,
+        cross_view: bool = False,
     ) -> None:
         super().__init__()
         if min(identities, views, batch_size) < 1 or val_identities < 0 or num_workers < 0:
@@ -363,7 +395,9 @@ class WorldFacesDataModule(LightningDataModule):
         hp = self.hparams
         train_seeds = [sample_seed(hp.seed, i) for i in range(hp.identities)]
         val_seeds = [sample_seed(hp.seed + 1, i) for i in range(hp.val_identities)]
-        self.train_set = render_faces(train_seeds, hp.views, hp.image_size, poses=hp.poses)
+        self.train_set = render_faces(
+            train_seeds, hp.views, hp.image_size, poses=hp.poses, cross_view=hp.cross_view
+        )
         self.val_set = (
             render_faces(val_seeds, 2, hp.image_size, distinct_expressions=True, poses=hp.poses)
             if val_seeds

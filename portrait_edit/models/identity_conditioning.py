@@ -7,7 +7,8 @@ right before the gender word: "a photo of a <id_1> <id_2> man".
 A batch holds "image" (the face, float (B, 3, H, W) in [-1, 1]) and "gender" (B words, "man" / "woman"),
 plus one string per face for every other field the template names (the mini world's faces carry
 "expression", so its template "a {gender}, {expression}" says what the face does and c_id need not), and
-may carry a precomputed "identity_embeds" (B, K, D) (the system computes c_id once per step to penalise
+may carry "reference" (another view of each person: c_id is read from it instead of "image") and a
+precomputed "identity_embeds" (B, K, D) (the system computes c_id once per step to penalise
 its size, then passes it here).
 """
 
@@ -124,8 +125,9 @@ class IdentityConditioning(TextConditioning):
         return {"identity_encoder": self.encoder} if self.train_encoder else {}
 
     def identity(self, batch: Batch) -> torch.Tensor:
-        """c_id of the batch's faces: float (B, K, D)."""
-        return encode_identity(self.image_encoder, self.encoder, batch["image"])
+        """c_id of the batch's faces, float (B, K, D): of its "reference" faces where it has them (another
+        view of each person, whose c_id conditions the denoising of "image"), else of "image"."""
+        return encode_identity(self.image_encoder, self.encoder, batch.get("reference", batch["image"]))
 
     def prompts(self, batch: Batch) -> list[str]:
         """The training prompt of each face of the batch: the template filled with its gender word and
