@@ -28,13 +28,14 @@ PARTS = (
     "scheduler",
     "classifier",
     "probe",
+    "identity_encoder",
 )
 
 
 def test_every_part_is_shipped_with_its_manifest_entry():
     manifest = json.loads((MINI / "manifest.json").read_text())
     assert {p.name for p in MINI.iterdir() if p.is_dir()} >= set(PARTS)
-    for stage in ("pairs", "vae", "clip", "classifier", "probe", "unet", "controlnet"):
+    for stage in ("pairs", "vae", "clip", "classifier", "probe", "unet", "identity", "controlnet"):
         entry = manifest["stages"][stage]
         assert {"command", "config", "config_sha256", "revision", "wall_time_s"} <= set(entry)
     weights = sum(f.stat().st_size for f in MINI.rglob("*.safetensors"))
