@@ -64,7 +64,7 @@ def test_same_seed_same_bytes_and_a_labelled_sheet(first_run, tmp_path):
 
 def test_samples_json_records_prompts_seeds_and_poses(first_run):
     meta = json.loads((first_run / "samples.json").read_text())
-    assert meta["settings"]["guidance_scale"] == 7.5
+    assert meta["settings"]["guidance_scale"] == 4.0  # configs/mini/sample.yaml's
     records = meta["samples"]
     assert [r["prompt"] for r in records] == [PROMPTS[0]] * 2 + [PROMPTS[1]] * 2
     assert len({r["seed"] for r in records}) == 4
