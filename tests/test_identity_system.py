@@ -12,7 +12,8 @@ from PIL import Image
 from torch.testing import assert_close
 
 from portrait_edit.data.error_handler import COUNTS_FIELD
-from portrait_edit.data.faces import FaceImagesDataModule, WorldFacesDataModule, render_faces
+from portrait_edit.data.faces import FaceImagesDataModule
+from portrait_edit.data.world_faces import WorldFacesDataModule, render_faces
 from portrait_edit.models.conditioning import scaled_latents
 from portrait_edit.models.identity_conditioning import IdentityConditioning
 from portrait_edit.systems.identity import IdentityEncoderSystem
@@ -42,8 +43,13 @@ def test_world_faces_validation_shows_unseen_identities_twice_with_different_exp
     batch = next(iter(dm.val_dataloader()))
     assert batch["image"].shape == (4, 3, 32, 32) and set(batch["gender"]) <= {"man", "woman"}
     # Each face says what it does in the expression captions' words: two different ones per identity.
-    words = {None: "neutral expression", "angry": "angry", "shocked": "shocked", "laughing": "laughing",
-             "crying": "crying"}
+    words = {
+        None: "neutral expression",
+        "angry": "angry",
+        "shocked": "shocked",
+        "laughing": "laughing",
+        "crying": "crying",
+    }
     assert batch["expression"] == dm.val_set.expressions[:4]
     assert set(dm.val_set.expressions) <= set(words.values())
     assert all(dm.val_set.expressions[2 * i] != dm.val_set.expressions[2 * i + 1] for i in range(3))
@@ -106,7 +112,10 @@ def test_world_faces_carry_their_pose_drawings_and_a_frozen_controlnet_reads_the
         pose = Pose.from_dict(make_face(seed, view, 32).meta["pose"])
         assert np.array_equal(faces.poses[i], draw_pose(pose_keypoints(pose, 32), 32, 32))
     assert faces[0]["pose"].shape == (3, 32, 32) and render_faces([21], 1, 32)[0].keys() == {
-        "image", "gender", "identity", "expression"
+        "image",
+        "gender",
+        "identity",
+        "expression",
     }
     system = IdentityEncoderSystem(
         base="tiny", conditioning=tiny_conditioning(template="a {gender}, {expression}", controlnet="tiny")
@@ -152,7 +161,9 @@ def test_cross_view_faces_read_c_id_from_another_view_of_the_same_person():
     batch = next(iter(dm.train_dataloader()))
     with torch.no_grad():
         assert_close(conditioning.identity(batch), conditioning.identity({"image": batch["reference"]}))
-        assert not torch.allclose(conditioning.identity(batch), conditioning.identity({"image": batch["image"]}))
+        assert not torch.allclose(
+            conditioning.identity(batch), conditioning.identity({"image": batch["image"]})
+        )
     with pytest.raises(ValueError, match=">= 2 faces per identity"):
         render_faces([1, 2], 1, 32, cross_view=True)
 

@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from portrait_edit.data.faces import render_faces
 from portrait_edit.data.images import encode_png
 from portrait_edit.data.jobs import sample_seed
 from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_json
+from portrait_edit.data.world_faces import render_faces
 from portrait_edit.metrics.identity import identity_retrieval_top1
 from portrait_edit.models.clip_image import clip_pixels
 from portrait_edit.models.components import load_image_encoder

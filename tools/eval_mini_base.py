@@ -175,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, default=64, help="text-to-image samples per class")
     parser.add_argument("--steps", type=int, default=25, help="sampling steps (DDIM)")
     parser.add_argument(
-        "--guidance", type=float, default=4.0, help="classifier-free guidance scale (the mini model's, see above)"
+        "--guidance",
+        type=float,
+        default=4.0,
+        help="classifier-free guidance scale (the mini model's, see above)",
     )
     parser.add_argument("--size", type=int, default=64, help="image side the models work at")
     parser.add_argument("--out", default="outputs/mini/eval_base", help="sample images, sheets, metrics.json")

@@ -102,7 +102,9 @@ class IdentityConditioning(TextConditioning):
             image_encoder = components.image_encoder
         self.image_encoder = _freeze(image_encoder)
         if self.controlnet_source is not None:
-            self.controlnet = _freeze(load_model("controlnet", self.controlnet_source, torch_dtype=torch.float32))
+            self.controlnet = _freeze(
+                load_model("controlnet", self.controlnet_source, torch_dtype=torch.float32)
+            )
         if self.encoder_source is None:
             words = self.text_encoder.get_input_embeddings().weight
             config = IdentityEncoderConfig(
