@@ -122,6 +122,23 @@ def collate_faces(items: list[dict[str, Any] | None]) -> dict[str, Any] | None:
     }
 
 
+def face_loader(
+    dataset: Dataset, batch_size: int, num_workers: int, seed: int, train: bool, collate_fn=None
+) -> DataLoader:
+    """The loader of a face datamodule: training shuffles (seeded by `seed`) and drops the last partial
+    batch; validation keeps the order and every face."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        generator=torch.Generator().manual_seed(seed) if train else None,
+        drop_last=train,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        collate_fn=collate_fn,
+    )
+
+
 class FaceImagesDataModule(LightningDataModule):
     """FFHQ-style faces for the identity encoder (module docstring).
 
@@ -214,17 +231,9 @@ class FaceImagesDataModule(LightningDataModule):
             atomic_write_json(hp.gender_cache, found)
 
     def _loader(self, indices: np.ndarray, train: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.hparams.seed) if train else None
-        return DataLoader(
-            torch.utils.data.Subset(self.dataset, indices.tolist()),
-            batch_size=self.hparams.batch_size,
-            shuffle=train,
-            generator=generator,
-            drop_last=train,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-            collate_fn=collate_faces,
-        )
+        hp = self.hparams
+        subset = torch.utils.data.Subset(self.dataset, indices.tolist())
+        return face_loader(subset, hp.batch_size, hp.num_workers, hp.seed, train, collate_faces)
 
     def _split(self) -> int:
         if self.dataset is None:

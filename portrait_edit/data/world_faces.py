@@ -23,6 +23,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from portrait_edit.data.faces import face_loader
 from portrait_edit.data.jobs import sample_seed
 from portrait_edit.data.prompts import load_templates
 from portrait_edit.world import Pose, draw_pose, make_face, pose_keypoints
@@ -182,16 +183,8 @@ class WorldFacesDataModule(LightningDataModule):
         )
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.hparams.seed) if train else None
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.batch_size,
-            shuffle=train,
-            generator=generator,
-            drop_last=train,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
+        hp = self.hparams
+        return face_loader(dataset, hp.batch_size, hp.num_workers, hp.seed, train)
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
