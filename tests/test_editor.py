@@ -2,6 +2,7 @@
 5-branch batched step against the 8-call formulation, UNet calls per edit, and the two-condition case
 against diffusers' InstructPix2Pix pipeline."""
 
+import copy
 import math
 
 import numpy as np
@@ -122,6 +123,19 @@ def test_an_edit_depends_on_its_input_and_seed_not_its_batch(editor_and_batch):
     )
     with pytest.raises(ValueError, match="one seed per input"):
         editor.edit(sources, p_a, p_b, steps=3, seed=[1])
+
+
+def test_a_bf16_editor_edits_like_the_float32_one(editor_and_batch):
+    """A bf16 model (the GPU setting) takes the float32 latents and CLIP tokens of x_A in its own dtype."""
+    editor, sources, p_a, p_b = editor_and_batch
+    half = MCDMEditor(
+        copy.deepcopy(editor.unet).to(torch.bfloat16), copy.deepcopy(editor.conditioning).to(torch.bfloat16),
+        editor.scales, SCHEDULER,
+    )  # fmt: skip
+    full = editor.edit(sources, p_a, p_b, use_mask=False, steps=3, seed=4).images
+    got = half.edit(sources.to(torch.bfloat16), p_a, p_b, use_mask=False, steps=3, seed=4).images
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    assert (got - full).norm() / full.norm() < 0.05
 
 
 def test_two_condition_case_is_instruct_pix2pix_guidance(tiny_sd):

@@ -186,6 +186,7 @@ class MCDMEditor:
         sample = z.repeat(branches, 1, 1, 1)
         if c_s is not None:
             sample = torch.cat([sample, tiled(c_s).to(sample)], dim=1)
+        sample = sample.to(self.unet.dtype)  # float32 latents into a bf16 / fp16 UNet
         states = tiled(context).to(sample)
         step = len(sample) if self.max_rows is None else self.max_rows
         outputs = []

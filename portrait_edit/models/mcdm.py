@@ -260,7 +260,8 @@ class MCDMConditioning(TextConditioning):
             return c_s, text
         image_latent = apply_null(latent, black_latent.to(device), drop["image"])
         image_clip = apply_null(clip.to(device), black_clip.to(device), drop["image"])
-        tokens = self.adapter(image_latent, image_clip).to(text.dtype)
+        weight = next(self.adapter.parameters()).dtype  # a bf16 / fp16 model gets its own dtype in
+        tokens = self.adapter(image_latent.to(weight), image_clip.to(weight)).to(text.dtype)
         return c_s, torch.cat([text, tokens], dim=1)
 
     def batch_sources(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
