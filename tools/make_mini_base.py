@@ -10,6 +10,8 @@ trained part into data/mini/ at the end of fit through its system's `export_dir`
  5. probe       fit configs/mini/base_probe.yaml            -> data/mini/probe/  (nose position reader)
  6. unet        fit configs/mini/base_unet.yaml             -> data/mini/unet/  (uses the VAE and text encoder)
  7. controlnet  fit configs/mini/base_controlnet.yaml       -> data/mini/controlnet/  (uses the UNet)
+ 8. identity    fit configs/mini/identity.yaml              -> data/mini/identity_encoder/  (stage 1)
+ 9. generate    predict configs/mini/generate.yaml          -> data/mini/pairs/  (stage 2: 2000 pairs)
 Then the scheduler config is copied and `data/mini/manifest.json` records, per stage, the command, the
 config and its sha256, the git revision, steps, wall time and final metrics.
 
@@ -55,6 +57,7 @@ STAGES = (
     ("unet", "fit", "configs/mini/base_unet.yaml"),
     ("controlnet", "fit", "configs/mini/base_controlnet.yaml"),
     ("identity", "fit", "configs/mini/identity.yaml"),  # stage 1's identity encoder, over all of the above
+    ("generate", "predict", "configs/mini/generate.yaml"),  # stage 2: the MCDM's 2000 training pairs
 )
 
 
@@ -63,6 +66,7 @@ USES = {
     "vae": ("pairs",), "clip": ("pairs",), "classifier": ("pairs", "vae"), "probe": ("pairs",),
     "unet": ("pairs", "vae", "clip"), "controlnet": ("pairs", "unet"),
     "identity": ("vae", "clip", "unet", "controlnet"),
+    "generate": ("vae", "clip", "unet", "controlnet", "identity"),
 }  # fmt: skip
 
 
