@@ -1,6 +1,6 @@
 """Figures of generated mini-world pairs (stage 2) and the paper's Figure 3 analog (pose / identity ablations).
 
-    python tools/eval_pairs.py [--variant full=outputs/mini/pairs] [--variant no_pose=DIR] ...
+    python tools/eval_pairs.py [--variant full=data/mini/pairs] [--variant no_pose=DIR] ...
         [--out docs/results]
 
 For every pair in each variant's shards (left half x_A, right half x_B):
@@ -40,7 +40,7 @@ from portrait_edit.paths import DATA_DIR
 from portrait_edit.world.faces import make_face
 
 DEFAULT_VARIANTS = (
-    "full=outputs/mini/pairs",
+    "full=data/mini/pairs",
     "no_pose=outputs/mini/pairs_no_pose",
     "no_identity=outputs/mini/pairs_no_identity",
 )
