@@ -83,3 +83,20 @@ def test_training_on_cached_conditions_gives_the_online_loss(shards):
     assert calls == []
     assert_close(loss_cached, loss_online, rtol=1e-5, atol=1e-6)
     assert torch.isfinite(loss_online)
+
+
+def test_out_caches_a_copy_and_leaves_the_source_shards_alone(shards, tmp_path):
+    out, config = shards
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    copy = tmp_path / "cached"
+    args = [str(out), "--config", str(config), "--dtype", "float32", "--out", str(copy)]
+    assert cache_conditions.main(args) == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the source is untouched
+    assert {p.name for p in copy.iterdir()} == set(before) | {"conditions.json"}
+    cached, plain = batch_of(copy), batch_of(out)
+    assert cached["__key__"] == plain["__key__"] and "src.latent.npy" not in plain
+    conditioning, _ = cache_conditions.conditioning_from_config(str(config))
+    assert_close(cached["src.latent.npy"], conditioning.source_latent(plain["src.png"]))
+    stamps = {p: p.stat().st_mtime_ns for p in copy.glob("*.tar")}
+    assert cache_conditions.main(args) == 0
+    assert stamps == {p: p.stat().st_mtime_ns for p in copy.glob("*.tar")}  # a rerun skips

@@ -6,11 +6,13 @@ matches online encoding to fp16 rounding); `--dtype float32` stores them exactly
 The encoders and how x_A is shown to CLIP come from an MCDM fit config (its model's `base` and
 conditioning), so the cache matches the model that reads it; the settings are recorded next to the
 shards in `conditions.json`, and a rerun with other settings is refused. Each shard is rewritten to a
-temporary name and renamed over the original (all members kept, sorted as the writer sorts them); a shard
-whose samples all carry the three fields is skipped, so an interrupted run resumes. A sample whose
-images cannot be decoded is copied without the fields and counted.
+temporary name and renamed over the original (all members kept, sorted as the writer sorts them), or,
+with `--out`, written into another folder (the shipped data/mini/pairs stay as they are; the shards'
+index and manifest files are copied beside them); a shard whose samples all carry the three fields is
+skipped, so an interrupted run resumes. A sample whose images cannot be decoded is copied without the
+fields and counted.
 
-    python tools/cache_conditions.py --config configs/mini/mcdm.yaml outputs/mini/pairs
+    python tools/cache_conditions.py --config configs/mini/mcdm.yaml data/mini/pairs --out outputs/mini/pairs_cached
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import sys
 import tarfile
 from collections import OrderedDict
@@ -73,13 +76,25 @@ def npy_bytes(array: torch.Tensor, dtype: torch.dtype) -> bytes:
 
 
 @torch.no_grad()
+def fully_cached(url: str) -> bool:
+    return Path(url).is_file() and all(
+        all(f in fields for f in FIELDS) for fields in read_samples(url).values()
+    )
+
+
 def cache_shard(
-    url: str, conditioning: MCDMConditioning, batch_size: int, dtype: torch.dtype = torch.float16
+    url: str,
+    conditioning: MCDMConditioning,
+    batch_size: int,
+    dtype: torch.dtype = torch.float16,
+    dest: str | None = None,
 ) -> tuple[int, int]:
-    """Rewrite one shard with the cached fields; returns (samples cached, samples skipped as corrupt)."""
-    samples = read_samples(url)
-    if all(all(f in fields for f in FIELDS) for fields in samples.values()):
+    """Write shard `url` with the cached fields to `dest` (None: over `url`); returns (samples cached,
+    samples skipped as corrupt)."""
+    dest = dest or url
+    if fully_cached(dest):
         return 0, 0
+    samples = read_samples(url)
     keys, sources, targets, bad = [], [], [], 0
     for key, fields in samples.items():
         try:
@@ -101,14 +116,14 @@ def cache_shard(
             samples[key]["src.latent.npy"] = npy_bytes(src_latent[k], dtype)
             samples[key]["tgt.latent.npy"] = npy_bytes(tgt_latent[k], dtype)
             samples[key]["src.clip.npy"] = npy_bytes(clip[k], dtype)
-    tmp = f"{url}.cache.tmp"
+    tmp = f"{dest}.cache.tmp"
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         for key, fields in samples.items():
             for field in sorted(fields):
                 info = tarfile.TarInfo(f"{key}.{field}")
                 info.size, info.mtime, info.mode = len(fields[field]), 0, 0o444
                 tar.addfile(info, io.BytesIO(fields[field]))
-    os.replace(tmp, url)
+    os.replace(tmp, dest)
     return len(keys), bad
 
 
@@ -118,13 +133,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="the MCDM fit config whose encoders to use")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    parser.add_argument("--out", default=None, help="write the cached shards here (default: in place)")
     args = parser.parse_args(argv)
     urls = resolve_shards(args.shards)
     if not urls:
         raise SystemExit(f"no shards found at {args.shards!r}; write pairs there first")
     conditioning, settings = conditioning_from_config(args.config)
     settings["dtype"] = args.dtype
-    record = Path(urls[0]).parent / "conditions.json"
+    source = Path(urls[0]).parent
+    out = Path(args.out) if args.out else source
+    if out.resolve() != source.resolve():
+        out.mkdir(parents=True, exist_ok=True)
+        for sidecar in source.glob("*.json"):  # the shards' indexes and manifests
+            if sidecar.name != "conditions.json":
+                shutil.copyfile(sidecar, out / sidecar.name)
+    record = out / "conditions.json"
     if record.is_file() and json.loads(record.read_text()) != settings:
         raise SystemExit(
             f"{record} says these shards were cached with {json.loads(record.read_text())}, not {settings}; "
@@ -133,9 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(record, settings)
     cached = bad = 0
     for url in tqdm(urls, desc="caching conditions", unit="shard"):
-        n, b = cache_shard(url, conditioning, args.batch_size, getattr(torch, args.dtype))
+        dest = str(out / Path(url).name)
+        n, b = cache_shard(url, conditioning, args.batch_size, getattr(torch, args.dtype), dest)
         cached, bad = cached + n, bad + b
-    print(f"cached conditions of {cached} samples in {len(urls)} shards; {bad} corrupt samples left uncached")
+    print(
+        f"cached conditions of {cached} samples in {len(urls)} shards ({out}); "
+        f"{bad} corrupt samples left uncached"
+    )
     return 0
 
 
