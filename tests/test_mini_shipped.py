@@ -10,11 +10,15 @@ import logging
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from portrait_edit import paths
-from portrait_edit.data.images import encode_png
+from portrait_edit.data.images import encode_png, to_uint8
+from portrait_edit.data.pair_jobs import PairJobsDataModule
+from portrait_edit.data.shard_pipeline import iter_samples, resolve_shards
 from portrait_edit.models import components as C
 from portrait_edit.models.direction_classifier import DirectionClassifier
+from portrait_edit.systems.pair_generation import PairGenerationSystem
 from portrait_edit.systems.sampling import SamplingSystem
 
 MINI = paths.REPO_ROOT / "data" / "mini"
@@ -73,3 +77,32 @@ def test_shipped_parts_load_without_falling_back_to_random(part, caplog):
     with caplog.at_level(logging.WARNING, logger=C.__name__):
         C.load_model(part, "mini")
     assert not [r for r in caplog.records if "RANDOM" in r.message]
+
+
+def test_shipped_pairs_are_what_the_generate_config_makes():
+    """data/mini/pairs: 2000 pairs in shards, recorded by the `generate` stage, and a pair redrawn from its
+    job index with configs/mini/generate.yaml comes out as shipped (up to the float rounding of a
+    different batch size)."""
+    config = yaml.safe_load((paths.REPO_ROOT / "configs" / "mini" / "generate.yaml").read_text())
+    entry = json.loads((MINI / "manifest.json").read_text())["stages"]["generate"]
+    assert entry["config"] == "configs/mini/generate.yaml"
+    samples = {
+        s["__key__"]: s
+        for s in iter_samples(
+            resolve_shards(str(MINI / "pairs")), decode=True, required=("src.png", "tgt.png", "json")
+        )
+    }
+    data = config["data"]["init_args"]
+    assert sorted(samples) == [f"{i:09d}" for i in range(data["num_samples"])]
+    model = config["model"]["init_args"]
+    system = PairGenerationSystem(**model)
+    jobs = PairJobsDataModule(**data)
+    for index in (0, 1234):
+        job = jobs.make_job(index) | {"index": index, "key": f"{index:09d}", "shard": 0, "shard_len": 1}
+        shipped = samples[job["key"]]
+        assert shipped["json"]["direction"] == job["direction"]
+        assert shipped["json"]["scales"]["guidance"] == model["guidance"]
+        (pair,) = system.predict_step([job], 0)
+        for field in ("src.png", "tgt.png"):
+            diff = np.abs(pair[field].astype(int) - to_uint8(shipped[field]).astype(int))
+            assert diff.max() <= 2, (index, field, diff.max())
