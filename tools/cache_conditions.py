@@ -76,12 +76,6 @@ def npy_bytes(array: torch.Tensor, dtype: torch.dtype) -> bytes:
 
 
 @torch.no_grad()
-def fully_cached(url: str) -> bool:
-    return Path(url).is_file() and all(
-        all(f in fields for f in FIELDS) for fields in read_samples(url).values()
-    )
-
-
 def cache_shard(
     url: str,
     conditioning: MCDMConditioning,
@@ -92,9 +86,11 @@ def cache_shard(
     """Write shard `url` with the cached fields to `dest` (None: over `url`); returns (samples cached,
     samples skipped as corrupt)."""
     dest = dest or url
-    if fully_cached(dest):
+    exists = Path(dest).is_file()
+    written = read_samples(dest) if exists else {}
+    if exists and all(all(f in fields for f in FIELDS) for fields in written.values()):
         return 0, 0
-    samples = read_samples(url)
+    samples = written if dest == url else read_samples(url)
     keys, sources, targets, bad = [], [], [], 0
     for key, fields in samples.items():
         try:
