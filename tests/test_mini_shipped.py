@@ -14,6 +14,7 @@ import yaml
 
 from portrait_edit import paths
 from portrait_edit.data.images import encode_png, to_uint8
+from portrait_edit.data.jobs import sample_key
 from portrait_edit.data.pair_jobs import PairJobsDataModule
 from portrait_edit.data.shard_pipeline import iter_samples, resolve_shards
 from portrait_edit.models import components as C
@@ -93,12 +94,12 @@ def test_shipped_pairs_are_what_the_generate_config_makes():
         )
     }
     data = config["data"]["init_args"]
-    assert sorted(samples) == [f"{i:09d}" for i in range(data["num_samples"])]
+    assert sorted(samples) == [sample_key(i) for i in range(data["num_samples"])]
     model = config["model"]["init_args"]
     system = PairGenerationSystem(**model)
     jobs = PairJobsDataModule(**data)
     for index in (0, 1234):
-        job = jobs.make_job(index) | {"index": index, "key": f"{index:09d}", "shard": 0, "shard_len": 1}
+        job = jobs.make_job(index) | {"index": index, "key": sample_key(index), "shard": 0, "shard_len": 1}
         shipped = samples[job["key"]]
         assert shipped["json"]["direction"] == job["direction"]
         assert shipped["json"]["scales"]["guidance"] == model["guidance"]
