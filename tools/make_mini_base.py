@@ -58,6 +58,8 @@ STAGES = (
     ("controlnet", "fit", "configs/mini/base_controlnet.yaml"),
     ("identity", "fit", "configs/mini/identity.yaml"),  # stage 1's identity encoder, over all of the above
     ("generate", "predict", "configs/mini/generate.yaml"),  # stage 2: the MCDM's 2000 training pairs
+    ("generate_val", "predict", "configs/mini/generate_val.yaml"),  # its 1000 validation pairs (outputs/)
+    ("mcdm", "fit", "configs/mini/mcdm.yaml"),  # stage 3: the MCDM, exported to data/mini/mcdm/
 )
 
 
@@ -67,6 +69,8 @@ USES = {
     "unet": ("pairs", "vae", "clip"), "controlnet": ("pairs", "unet"),
     "identity": ("vae", "clip", "unet", "controlnet"),
     "generate": ("vae", "clip", "unet", "controlnet", "identity"),
+    "generate_val": ("vae", "clip", "unet", "controlnet", "identity"),
+    "mcdm": ("vae", "clip", "unet", "generate"),  # the validation pairs only feed val/ logs, not the weights
 }  # fmt: skip
 
 
