@@ -8,7 +8,8 @@ Per (input, direction), from the held-out seed stream (disjoint from every train
 - mask IoU against the true edit region: ours (the MCDM's own mask, lambda per task) and DiffEdit-style
   (the base text-to-image model's guided predictions under p_a / p_b, threshold 0.5);
 - preservation: SSIM to x_A outside the true region, with our mask and without a mask (same seed);
-- fidelity: the share of edits the direction classifier reads as the direction; SSIM to the exact target.
+- fidelity: the share of edits the direction classifier reads as the direction; SSIM to the exact target
+  (both with and without the mask: the no-mask figures are the MCDM's own, 3-way guidance alone).
 Writes <out>/mini_edit.json, <out>/mini_edit.md and <out>/mini_edit.png (rows: input, true region, our
 mask, DiffEdit mask, edit with mask, edit without).
 """
@@ -56,7 +57,18 @@ def evaluate(args: argparse.Namespace) -> dict:
     diffedit = DiffEditMask(base.unet, base.vae, text, SCHEDULER)
     classifier = DirectionClassifier.from_pretrained(mini / "classifier")
     rows: dict[str, list] = {
-        k: [] for k in ("direction", "iou", "iou_diffedit", "keep", "keep_nomask", "hit", "ssim_gt")
+        k: []
+        for k in (
+            "direction",
+            "iou",
+            "iou_diffedit",
+            "keep",
+            "keep_nomask",
+            "hit",
+            "hit_nomask",
+            "ssim_gt",
+            "ssim_gt_nomask",
+        )
     }
     sheet = []
     for direction in args.directions:
@@ -81,9 +93,10 @@ def evaluate(args: argparse.Namespace) -> dict:
             rows["iou_diffedit"] += mask_iou(base_mask, region).tolist()
             rows["keep"] += masked_ssim(with_mask.images, src, outside).tolist()
             rows["keep_nomask"] += masked_ssim(without.images, src, outside).tolist()
-            predicted = classifier.predict_directions(with_mask.images)
-            rows["hit"] += (predicted == LABELS.index(direction)).float().tolist()
-            rows["ssim_gt"] += ssim(with_mask.images, gt).tolist()
+            for suffix, edits in (("", with_mask.images), ("_nomask", without.images)):
+                predicted = classifier.predict_directions(edits)
+                rows["hit" + suffix] += (predicted == LABELS.index(direction)).float().tolist()
+                rows["ssim_gt" + suffix] += ssim(edits, gt).tolist()
             rows["direction"] += [direction] * len(pairs)
             if start == 0:
                 for k in range(min(2, len(pairs))):
@@ -122,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     atomic_write_json(out / "mini_edit.json", result)
     names = {"iou": "mask IoU (ours)", "iou_diffedit": "mask IoU (DiffEdit-style)", "keep": "SSIM outside, mask",
-             "keep_nomask": "SSIM outside, no mask", "hit": "classifier fidelity", "ssim_gt": "SSIM to exact target"}  # fmt: skip
+             "keep_nomask": "SSIM outside, no mask", "hit": "fidelity, mask", "hit_nomask": "fidelity, no mask",
+             "ssim_gt": "SSIM to exact target, mask", "ssim_gt_nomask": "SSIM to exact target, no mask"}  # fmt: skip
     lines = ["| direction | " + " | ".join(names.values()) + " |", "|---" * (len(names) + 1) + "|"]
     for direction, m in {**result["per_direction"], "all": result["overall"]}.items():
         lines.append(f"| {direction} | " + " | ".join(f"{m[k]:.3f}" for k in names) + " |")
