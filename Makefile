@@ -25,19 +25,42 @@ test: install
 test-all: install
 	$(PY) -m pytest -q -m ""
 
-# The main job on the mini world. Each step is a command a user can run on its own; reruns resume
-# (complete shards are skipped).
+# The main job on the mini world: pairs from the shipped mini base + identity encoder -> a short MCDM
+# fine-tune -> mask-guided edits of held-out portraits (that model and the shipped mini MCDM) -> the
+# evaluation table -> report/index.html. Each step is a command a user can run on its own; a rerun
+# resumes (finished shards, checkpoints and edited inputs are kept). DEMO_PAIRS / DEMO_STEPS scale it.
 DEMO := outputs/demo
+DEMO_PAIRS ?= 64
+DEMO_STEPS ?= 120
+STAMP_STAGE = echo "$(1) $$(date +%s)" >> $(DEMO)/times.txt
 demo: install
-	@echo "[1/3] mini-world sample sheet (4 identities x source + 8 edit directions)"
-	$(PY) tools/world_sheet.py --out $(DEMO)/world_sheet.png --identities 4 --seed 6
-	@echo "[2/3] mini-world pairs -> WebDataset pair shards (portrait-edit predict)"
-	$(PY) -m portrait_edit predict --config configs/mini/world_pairs.yaml \
-	  --trainer.callbacks.init_args.output_dir=$(DEMO)/pairs --trainer.default_root_dir=$(DEMO)/run \
-	  --data.init_args.num_samples=200 --data.init_args.shard_size=50
-	@echo "[3/3] inspect the shards"
-	$(PY) tools/inspect_shards.py $(DEMO)/pairs --sheet $(DEMO)/pairs_sheet.png
-	@echo "demo outputs: sample sheet $(DEMO)/world_sheet.png, pair shards $(DEMO)/pairs/, contact sheet $(DEMO)/pairs_sheet.png"
+	@mkdir -p $(DEMO) && rm -f $(DEMO)/times.txt
+	@$(call STAMP_STAGE,held-out-portraits)
+	@echo "[1/6] 8 held-out world portraits -> $(DEMO)/inputs"
+	$(PY) tools/held_out_portraits.py --out $(DEMO)/inputs --count 8
+	@$(call STAMP_STAGE,pairs)
+	@echo "[2/6] $(DEMO_PAIRS) training pairs (stage 2, shipped mini base + identity encoder) -> $(DEMO)/pairs"
+	$(PY) -m portrait_edit predict --config configs/mini/generate.yaml \
+	  --trainer.callbacks.init_args.output_dir=$(DEMO)/pairs --trainer.default_root_dir=$(DEMO)/pairs_run \
+	  --data.init_args.num_samples=$(DEMO_PAIRS)
+	@$(call STAMP_STAGE,mcdm-fine-tune)
+	@echo "[3/6] MCDM fine-tune from the mini base, $(DEMO_STEPS) steps (stage 3) -> $(DEMO)/mcdm"
+	$(PY) -m portrait_edit fit --config configs/mini/mcdm.yaml --config configs/mini/demo/mcdm.yaml \
+	  --trainer.max_steps=$(DEMO_STEPS)
+	@$(call STAMP_STAGE,edits)
+	@echo "[4/6] mask-guided edits, 8 directions (stage 4): shipped mini MCDM, then the demo's"
+	for m in shipped:data/mini/mcdm finetuned:$(DEMO)/mcdm; do \
+	  $(PY) -m portrait_edit predict --config configs/mini/edit.yaml --model.init_args.model=$${m#*:} \
+	    --trainer.callbacks.init_args.output_dir=$(DEMO)/edits/$${m%%:*} --trainer.default_root_dir=$(DEMO)/edit_run \
+	    --data.init_args.root=$(DEMO)/inputs --data.init_args.genders=$(DEMO)/inputs/genders.json \
+	    --data.init_args.output_dir=$(DEMO)/edits/$${m%%:*} || exit 1; \
+	done
+	@$(call STAMP_STAGE,evaluation)
+	@echo "[5/6] evaluation table (stage 5) -> $(DEMO)/eval"
+	$(PY) -m portrait_edit validate --config configs/mini/eval.yaml --config configs/mini/demo/eval.yaml
+	@$(call STAMP_STAGE,end)
+	@echo "[6/6] report"
+	@$(PY) tools/demo_report.py --demo $(DEMO) --out report/index.html
 
 # Train the mini world's base models (VAE, CLIP, direction classifier, probe, text-to-image UNet, pose
 # ControlNet, the UNet's person words, the identity encoder)

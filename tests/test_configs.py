@@ -3,7 +3,8 @@
 Stage configs (`configs/<world>/<stage>.yaml`) start with the command that runs them
 (`# portrait-edit <subcommand> --config ...`); pieces (`configs/trainer/`, `configs/logger/`) are parsed
 stacked on a stage config, the way they are used, and ablations (`configs/<world>/ablations/`) stacked on
-that world's mcdm.yaml.
+that world's mcdm.yaml, and the demo's overrides (`configs/<world>/demo/<stage>.yaml`) on the stage of the
+same name.
 """
 
 from pathlib import Path
@@ -14,7 +15,7 @@ import yaml
 from portrait_edit.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-PIECE_DIRS = {"trainer", "logger", "ablations"}
+PIECE_DIRS = {"trainer", "logger", "ablations", "demo"}
 STAGES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in PIECE_DIRS)
 PIECES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name in PIECE_DIRS)
 SUBCOMMANDS = {"fit", "validate", "test", "predict"}
@@ -68,6 +69,8 @@ def assert_applied(resolved, piece, where: str) -> None:
 def test_piece_parses_stacked_on_a_stage(path, capsys):
     if path.parent.name == "ablations":
         stage = path.parent.parent / "mcdm.yaml"
+    elif path.parent.name == "demo":
+        stage = path.parent.parent / path.name
     else:
         stage = CONFIGS / "mini" / "world_pairs.yaml"
     resolved = print_config(capsys, subcommand_of(stage), "--config", str(stage), "--config", str(path))
