@@ -52,6 +52,6 @@ def test_report_has_stage_times_metrics_curve_and_every_edit(tmp_path):
     (demo / "inputs" / "heldout-000.png").write_bytes(tile)
     page = build(demo, ["shipped", "finetuned"])
     assert "<td>pairs</td><td>60 s</td>" in page and "<th>105 s</th>" in page
-    assert "<td>0.750</td>" in page and "<td>n/a</td>" in page  # fidelity; SSIM NaN shows as n/a
+    assert "<th>Ours, shipped</th><td>n/a</td><td>0.7500</td>" in page  # SSIM NaN, then fidelity
     assert page.count("<polyline") == 2 and "step 14" in page
     assert page.count("<img") == 1 + 2 * 2 * 2  # the input, then 2 models x 2 directions x (edit, mask)

@@ -15,16 +15,14 @@ the input, then per model a row of edits (one per direction) with their masks.
 from __future__ import annotations
 
 import argparse
-import base64
 import csv
 import html
 import json
-import math
 import sys
 from pathlib import Path
 
 from portrait_edit.data.shard_writer import atomic_write_bytes
-from portrait_edit.metrics.report import COLUMNS
+from portrait_edit.metrics.report import COLUMNS, format_cell, inline_png, shown_columns
 
 STYLE = (
     "body{font-family:sans-serif;margin:24px;color:#222}"
@@ -33,11 +31,6 @@ STYLE = (
     "img{image-rendering:pixelated;display:block;margin:auto}"
     ".small{font-size:11px;color:#666}"
 )
-
-
-def png_tag(path: Path, size: int) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img src="data:image/png;base64,{data}" width="{size}" height="{size}" alt="{html.escape(path.name)}">'
 
 
 def stage_times(path: Path) -> list[tuple[str, float]]:
@@ -86,26 +79,27 @@ def loss_curve(path: Path, key: str = "train/loss", width: int = 480, height: in
 
 
 def metrics_table(path: Path) -> str:
+    """The evaluation's table (columns and number format as its table.md), as HTML."""
     if not path.is_file():
         return f"<p>no evaluation table at {html.escape(str(path))}</p>"
     table = json.loads(path.read_text())
-    columns = [c for c in COLUMNS if any(r.get(c) is not None for r in table["rows"])]
+    rows = {r["method"]: r for r in table["rows"]}
+    columns = shown_columns(rows, table["unavailable"])
     head = "".join(f"<th>{html.escape(COLUMNS[c][0])}<br><span class='small'>{COLUMNS[c][1]} is better</span></th>"
                    for c in columns)  # fmt: skip
-    rows = []
-    for r in table["rows"]:
-        cells = "".join(
-            "<td>n/a</td>" if r.get(c) is None or math.isnan(r[c]) else f"<td>{r[c]:.3f}</td>"
-            for c in columns
-        )
-        rows.append(f"<tr><th>{html.escape(r['method'])}</th>{cells}</tr>")
+    body = "".join(
+        f"<tr><th>{html.escape(name)}</th>"
+        + "".join(f"<td>{format_cell(r.get(c))}</td>" for c in columns)
+        + "</tr>"
+        for name, r in rows.items()
+    )
     notes = "".join(
-        f"<li>{html.escape(k)}: unavailable: {html.escape(v)}</li>" for k, v in table["unavailable"].items()
+        f"<li>{html.escape(COLUMNS[k][0])}: unavailable: {html.escape(why)}</li>"
+        for k, why in table["unavailable"].items()
     )
     return (
         f"<p>{html.escape(table['title'])} ({table.get('items', '?')} edits per row)</p>"
-        f"<table class='m'><tr><th>method</th>{head}</tr>{''.join(rows)}</table>"
-        + (f"<ul class='small'>{notes}</ul>" if notes else "")
+        f"<table class='m'><tr><th>method</th>{head}</tr>{body}</table><ul class='small'>{notes}</ul>"
     )
 
 
@@ -121,7 +115,7 @@ def edit_grid(inputs: Path, edits: Path, models: list[str]) -> str:
         gender = json.loads((edits / models[0] / name / "edit.json").read_text())["gender"]
         source = inputs / f"{name}.png"
         first = (
-            f"<td rowspan='{len(models)}'>{png_tag(source, 96) if source.is_file() else ''}"
+            f"<td rowspan='{len(models)}'>{inline_png(source.read_bytes(), 96) if source.is_file() else ''}"
             f"<span class='small'>{html.escape(name)} ({html.escape(gender)})</span></td>"
         )
         for m, model in enumerate(models):
@@ -131,8 +125,8 @@ def edit_grid(inputs: Path, edits: Path, models: list[str]) -> str:
                 image, mask = folder / f"{d}.png", folder / f"{d}_mask.png"
                 cells.append(
                     "<td>"
-                    + (png_tag(image, 96) if image.is_file() else "missing")
-                    + (png_tag(mask, 48) if mask.is_file() else "")
+                    + (inline_png(image.read_bytes(), 96) if image.is_file() else "missing")
+                    + (inline_png(mask.read_bytes(), 48) if mask.is_file() else "")
                     + "</td>"
                 )
             rows.append(f"<tr>{first if m == 0 else ''}<th>{html.escape(model)}</th>{''.join(cells)}</tr>")

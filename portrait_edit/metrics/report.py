@@ -51,24 +51,34 @@ def summarise(
     return row
 
 
-def _cell(value: float | None) -> str:
+def format_cell(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
+def shown_columns(rows: dict[str, dict], unavailable: dict[str, str]) -> list[str]:
+    """The COLUMNS a table shows: those some row has a value for, and those named unavailable."""
+    return [c for c in COLUMNS if any(r.get(c) is not None for r in rows.values()) or c in unavailable]
+
+
 def markdown_table(rows: dict[str, dict], unavailable: dict[str, str]) -> str:
-    columns = [c for c in COLUMNS if any(r.get(c) is not None for r in rows.values()) or c in unavailable]
+    columns = shown_columns(rows, unavailable)
     head = "| method | " + " | ".join(f"{COLUMNS[c][0]} ({COLUMNS[c][1]} is better)" for c in columns) + " |"
     lines = [head, "|---" * (len(columns) + 1) + "|"]
     lines += [
-        f"| {name} | " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for name, r in rows.items()
+        f"| {name} | " + " | ".join(format_cell(r.get(c)) for c in columns) + " |" for name, r in rows.items()
     ]
     notes = [f"- {COLUMNS.get(k, (k,))[0]}: unavailable: {why}" for k, why in unavailable.items()]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
+def inline_png(png: bytes, size: int = 128) -> str:
+    """An <img> tag holding the PNG bytes themselves (the page needs no other file)."""
+    data = base64.b64encode(png).decode()
+    return f'<img src="data:image/png;base64,{data}" width="{size}" height="{size}">'
+
+
 def _img(image: np.ndarray) -> str:
-    data = base64.b64encode(encode_png(image)).decode()
-    return f'<img src="data:image/png;base64,{data}" width="128" height="128">'
+    return inline_png(encode_png(image))
 
 
 def html_grid(title: str, grid: list[dict], methods: list[str], table: str) -> str:
