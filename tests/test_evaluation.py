@@ -78,9 +78,19 @@ def test_table_rows_figures_and_pages(models, tmp_path):
                            steps=2, seed=batch["seed"].tolist())  # fmt: skip
         values.append(float(ssim(edit.images, batch["target"])[0]))
     assert rows["Ours"]["ssim"] == pytest.approx(np.mean(values), abs=1e-4)
+    # Table 1 reports each task apart: santa is a costume, angry an expression (items alternate).
+    by_task = {t: {r["method"]: r for r in part["rows"]} for t, part in table["by_task"].items()}
+    assert {t: part["directions"] for t, part in table["by_task"].items()} == {
+        "costume": ["santa"], "expression": ["angry"]
+    }  # fmt: skip
+    assert by_task["costume"]["Ours"]["ssim"] == pytest.approx(np.mean(values[0::2]), abs=1e-4)
+    assert by_task["expression"]["Ours"]["ssim"] == pytest.approx(np.mean(values[1::2]), abs=1e-4)
     page = (tmp_path / "a" / "index.html").read_text()
-    assert page.count("<tr><td colspan") == 3 and "n/a" in (tmp_path / "a" / "table.md").read_text()
-    assert (tmp_path / "a" / "table.csv").read_text().splitlines()[0].startswith("method,ssim")
+    markdown = (tmp_path / "a" / "table.md").read_text()
+    assert page.count("<tr><td colspan") == 3 and "n/a" in markdown and "## costume (santa)" in markdown
+    csv_lines = (tmp_path / "a" / "table.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("subset,method,ssim") and len(csv_lines) == 1 + 3 * 4
+    assert [line.split(",")[0] for line in csv_lines[1::4]] == ["all", "costume", "expression"]
     # The same table from batches of 3 (another grouping of the items): nothing depends on the batch.
     other = {row["method"]: row for row in evaluate(models, tmp_path / "b", batch_size=3)["rows"]}
     for name, row in rows.items():

@@ -60,15 +60,20 @@ def shown_columns(rows: dict[str, dict], unavailable: dict[str, str]) -> list[st
     return [c for c in COLUMNS if any(r.get(c) is not None for r in rows.values()) or c in unavailable]
 
 
-def markdown_table(rows: dict[str, dict], unavailable: dict[str, str]) -> str:
+def markdown_table(rows: dict[str, dict], unavailable: dict[str, str], notes: bool = True) -> str:
+    """The rows as a markdown table; with `notes`, a line after it per unavailable metric and why."""
     columns = shown_columns(rows, unavailable)
     head = "| method | " + " | ".join(f"{COLUMNS[c][0]} ({COLUMNS[c][1]} is better)" for c in columns) + " |"
     lines = [head, "|---" * (len(columns) + 1) + "|"]
     lines += [
         f"| {name} | " + " | ".join(format_cell(r.get(c)) for c in columns) + " |" for name, r in rows.items()
     ]
-    notes = [f"- {COLUMNS.get(k, (k,))[0]}: unavailable: {why}" for k, why in unavailable.items()]
-    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+    why = (
+        [f"- {COLUMNS.get(k, (k,))[0]}: unavailable: {text}" for k, text in unavailable.items()]
+        if notes
+        else []
+    )
+    return "\n".join(lines + ([""] + why if why else [])) + "\n"
 
 
 def inline_png(png: bytes, size: int = 128) -> str:
@@ -113,22 +118,37 @@ def write_report(
     unavailable: dict[str, str],
     grid: list[dict],
     extra: dict,
+    by_task: dict[str, dict] | None = None,
 ) -> Path:
-    """table.md, table.csv, table.json and index.html in `folder`; returns the markdown's path."""
+    """table.md, table.csv, table.json and index.html in `folder`; returns the markdown's path. `by_task`
+    (task -> {"directions": [...], "rows": rows}) adds a table per task after the one over all items."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(rows, unavailable)
+    by_task = by_task or {}
+    table = markdown_table(rows, unavailable, notes=not by_task)
+    for task, part in by_task.items():
+        last = task == list(by_task)[-1]
+        table += f"\n## {task} ({', '.join(part['directions'])})\n\n" + markdown_table(
+            part["rows"], unavailable, last
+        )
     atomic_write_bytes(folder / "table.md", f"# {title}\n\n{table}".encode())
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["method", *COLUMNS])
-    writer.writerows([name, *("" if r.get(c) is None else r[c] for c in COLUMNS)] for name, r in rows.items())
+    writer.writerow(["subset", "method", *COLUMNS])
+    for subset, part in {"all": rows, **{t: p["rows"] for t, p in by_task.items()}}.items():
+        writer.writerows(
+            [subset, name, *("" if r.get(c) is None else r[c] for c in COLUMNS)] for name, r in part.items()
+        )
     atomic_write_bytes(folder / "table.csv", buffer.getvalue().encode())
     atomic_write_json(
         folder / "table.json",
         {
             "title": title,
             "rows": [{"method": n, **r} for n, r in rows.items()],
+            "by_task": {
+                t: {"directions": p["directions"], "rows": [{"method": n, **r} for n, r in p["rows"].items()]}
+                for t, p in by_task.items()
+            },
             "unavailable": unavailable,
             **extra,
         },

@@ -21,6 +21,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import WandbLogger
 
 from portrait_edit.data.images import to_uint8
+from portrait_edit.data.prompts import task_for_direction
 from portrait_edit.data.world_images import LABELS
 from portrait_edit.metrics.edit_scores import SCORES, EditJudges
 from portrait_edit.metrics.report import COLUMNS, summarise, write_report
@@ -138,17 +139,17 @@ class EvaluationSystem(LightningModule):
         self._items = []
         if not ordered:
             return
-        rows = {}
-        kinds = list(ordered[0]["target_features"])
-        targets = {k: np.stack([it["target_features"][k] for it in ordered]) for k in kinds}
+        rows = self._rows(ordered)
         for spec in self.specs:
-            scores = {s: np.array([it["methods"][spec.name]["scores"].get(s, np.nan) for it in ordered])
-                      for s in SCORES if s not in self.judges.unavailable}  # fmt: skip
-            edits = {k: np.stack([it["methods"][spec.name]["features"][k] for it in ordered]) for k in kinds}
-            rows[spec.name] = summarise(scores, {k: (edits[k], targets[k]) for k in kinds})
             for name, value in rows[spec.name].items():
                 if value is not None:
                     self.log(f"eval/{spec.name}/{name}", value, rank_zero_only=True)
+        by_task = self._rows_by_task(ordered)
+        for task, part in by_task.items():
+            for method, row in part["rows"].items():
+                for name, value in row.items():
+                    if value is not None:
+                        self.log(f"eval/{task}/{method}/{name}", value, rank_zero_only=True)
         if self.trainer.is_global_zero:
             grid = [
                 {**it["pictures"], "direction": it["direction"], "p_b": it["p_b"]}
@@ -156,18 +157,51 @@ class EvaluationSystem(LightningModule):
                 if "pictures" in it
             ]
             path = write_report(self.hparams.output_dir, self.hparams.title, rows, self.judges.unavailable, grid,
-                                {"items": len(ordered), "methods": [vars(s) for s in self.specs]})  # fmt: skip
-            self._log_wandb(rows, grid)
+                                {"items": len(ordered), "methods": [vars(s) for s in self.specs]}, by_task)  # fmt: skip
+            self._log_wandb(rows, by_task, grid)
             log.info("evaluation table (%d items): %s", len(ordered), path)
 
-    def _log_wandb(self, rows: dict[str, dict], grid: list[dict]) -> None:
+    def _rows(self, items: list[dict[str, Any]]) -> dict[str, dict]:
+        """Each method's row (metrics/report.py `summarise`) over `items`."""
+        kinds = list(items[0]["target_features"])
+        targets = {k: np.stack([it["target_features"][k] for it in items]) for k in kinds}
+        rows = {}
+        for spec in self.specs:
+            scores = {s: np.array([it["methods"][spec.name]["scores"].get(s, np.nan) for it in items])
+                      for s in SCORES if s not in self.judges.unavailable}  # fmt: skip
+            edits = {k: np.stack([it["methods"][spec.name]["features"][k] for it in items]) for k in kinds}
+            rows[spec.name] = summarise(scores, {k: (edits[k], targets[k]) for k in kinds})
+        return rows
+
+    def _rows_by_task(self, items: list[dict[str, Any]]) -> dict[str, dict]:
+        """With items of several tasks (costume, expression): per task, its directions and its rows, as
+        the paper's Table 1 reports each task apart; {} with one task."""
+        tasks: dict[str, list[dict[str, Any]]] = {}
+        for item in items:
+            tasks.setdefault(task_for_direction(item["direction"]), []).append(item)
+        if len(tasks) < 2:
+            return {}
+        return {
+            task: {
+                "directions": sorted({it["direction"] for it in part}, key=LABELS.index),
+                "rows": self._rows(part),
+            }
+            for task, part in tasks.items()
+        }
+
+    def _log_wandb(self, rows: dict[str, dict], by_task: dict[str, dict], grid: list[dict]) -> None:
         loggers = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
         if not loggers:
             return
         import wandb
 
-        columns = ["method", *COLUMNS]
-        data = [[name, *(r.get(c) for c in COLUMNS)] for name, r in rows.items()]
+        columns = ["subset", "method", *COLUMNS]
+        subsets = {"all": rows, **{task: part["rows"] for task, part in by_task.items()}}
+        data = [
+            [subset, name, *(r.get(c) for c in COLUMNS)]
+            for subset, part in subsets.items()
+            for name, r in part.items()
+        ]
         pictures = [[it["direction"], wandb.Image(it["source"]), wandb.Image(it["target"]),
                      *(wandb.Image(it["edits"][name]["image"]) for name in rows)] for it in grid]  # fmt: skip
         for lg in loggers:
