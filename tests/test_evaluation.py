@@ -125,3 +125,49 @@ def test_two_process_ddp_gives_the_one_process_table(models, tmp_path):
         for key, value in a.items():
             if isinstance(value, float):
                 assert b[key] == pytest.approx(value, abs=1e-5), (a["method"], key)
+
+
+class Counted:
+    """A method that counts its calls (the real method does the work)."""
+
+    def __init__(self, method, calls, name):
+        self.method, self.calls, self.name = method, calls, name
+
+    def __call__(self, *args):
+        self.calls[self.name] = self.calls.get(self.name, 0) + 1
+        return self.method(*args)
+
+    def modules(self):
+        return self.method.modules()
+
+
+def test_cached_items_resume_an_interrupted_run_and_follow_the_models(models, tmp_path):
+    """Item i's results per method are kept: a run stopped after one batch resumes with the other, a
+    rerun edits nothing, a rewritten checkpoint recomputes only its rows; every table equals an uncached
+    run's."""
+
+    def run(out, cache=True, batches=None):
+        calls: dict[str, int] = {}
+        system = EvaluationSystem(
+            methods(models), output_dir=str(out), classifier=str(models / "classifier"),
+            image_encoder=str(models / "clip"), image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+            grid_samples=3, cache=cache,
+        )  # fmt: skip
+        system.methods = [Counted(m, calls, s.name) for m, s in zip(system.methods, system.specs)]
+        data = EvalPairsDataModule("world", inputs=2, directions=DIRECTIONS, image_size=SIZE, batch_size=2)
+        Trainer(**QUIET, limit_val_batches=batches).validate(system, datamodule=data)
+        return calls, json.loads((out / "table.json").read_text())
+
+    _, reference = run(tmp_path / "plain", cache=False)
+    assert not (tmp_path / "plain" / "cache").exists()
+    calls, _ = run(tmp_path / "a", batches=1)  # interrupted after its first batch
+    assert calls == {name: 1 for name in ("Ours", "w/o Mask", "SDEdit 0.5", "DiffEdit")}
+    calls, resumed = run(tmp_path / "a")
+    assert calls == {name: 1 for name in ("Ours", "w/o Mask", "SDEdit 0.5", "DiffEdit")}  # the second batch
+    calls, again = run(tmp_path / "a")
+    assert calls == {}
+    for table in (resumed, again):
+        assert table["rows"] == reference["rows"] and table["by_task"] == reference["by_task"]
+    (models / "mcdm" / "mcdm.json").touch()  # a retrained export: a new modification time
+    calls, _ = run(tmp_path / "a")
+    assert calls == {"Ours": 2, "w/o Mask": 2}

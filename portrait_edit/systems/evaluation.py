@@ -24,6 +24,7 @@ from portrait_edit.data.images import to_uint8
 from portrait_edit.data.prompts import task_for_direction
 from portrait_edit.data.world_images import LABELS
 from portrait_edit.metrics.edit_scores import SCORES, EditJudges
+from portrait_edit.metrics.item_cache import ItemCache, fingerprint, item_check
 from portrait_edit.metrics.report import COLUMNS, summarise, write_report
 from portrait_edit.models.methods import MethodSpec, build_method
 
@@ -55,6 +56,8 @@ class EvaluationSystem(LightningModule):
         image_size, image_mean, image_std: how images are shown to the CLIP image encoder (224 and OpenAI's
             mean / std for ViT-L/14; 64 and 0.5 / 0.5 for the mini CLIP).
         grid_samples: items (the lowest indices) pictured in index.html and the W&B table.
+        cache: keep each method's per-item results in `output_dir`/cache (metrics/item_cache.py): a rerun
+            after an interruption, or with a row added, computes only what is missing.
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class EvaluationSystem(LightningModule):
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
         grid_samples: int = 16,
+        cache: bool = True,
     ) -> None:
         super().__init__()
         names = [m.name for m in methods]
@@ -89,6 +93,18 @@ class EvaluationSystem(LightningModule):
             image_mean,
             image_std,
         )
+        judged_by = {
+            "classifier": fingerprint(classifier), "image_encoder": fingerprint(image_encoder),
+            "identity_encoder": fingerprint(identity_encoder), "lpips_backbone": fingerprint(lpips_backbone),
+            "inception": fingerprint(inception), "view": [image_size, image_mean, image_std],
+        }  # fmt: skip
+        self.caches = {
+            spec.name: ItemCache(
+                f"{output_dir}/cache",
+                {"method": {**vars(spec), "name": None}, "model": fingerprint(spec.model), "judges": judged_by},
+            )
+            for spec in methods
+        } if cache else {}  # fmt: skip
         self._items: list[dict[str, Any]] = []
 
     def on_validation_epoch_start(self) -> None:
@@ -104,15 +120,14 @@ class EvaluationSystem(LightningModule):
         labels = torch.tensor([LABELS.index(d) for d in batch["direction"]])
         seeds = batch["seed"].tolist()
         target_features = self.judges.features(batch["target"])
-        edits: dict[str, Any] = {}
-        for spec, method in zip(self.specs, self.methods):
-            out = method(batch["source"], batch["p_a"], batch["p_b"], seeds, batch["direction"])
-            edits[spec.name] = (
-                out,
-                self.judges.scores(out.images, out.mask, batch, labels),
-                self.judges.features(out.images),
-            )
-        for i, index in enumerate(batch["index"].tolist()):
+        indices = batch["index"].tolist()
+        checks = [
+            item_check(seeds[i], batch["direction"][i], batch["p_a"][i], batch["p_b"][i], batch["source"][i].cpu().numpy())
+            for i in range(len(indices))
+        ]  # fmt: skip
+        records = {spec.name: self._records(spec, method, batch, labels, indices, checks)
+                   for spec, method in zip(self.specs, self.methods)}  # fmt: skip
+        for i, index in enumerate(indices):
             item: dict[str, Any] = {
                 "index": index,
                 "direction": batch["direction"][i],
@@ -120,18 +135,41 @@ class EvaluationSystem(LightningModule):
             }
             item["target_features"] = {k: v[i].cpu().numpy() for k, v in target_features.items()}
             item["methods"] = {
-                name: {"scores": {k: float(v[i]) for k, v in scores.items()},
-                       "features": {k: v[i].cpu().numpy() for k, v in feats.items()}}
-                for name, (out, scores, feats) in edits.items()
-            }  # fmt: skip
+                name: {"scores": r[i]["scores"], "features": r[i]["features"]} for name, r in records.items()
+            }
             if index < self.hparams.grid_samples:
                 item["pictures"] = {
                     "source": to_uint8(batch["source"][i]), "target": to_uint8(batch["target"][i]),
-                    "edits": {name: {"image": to_uint8(out.images[i]),
-                                     "mask": None if out.mask is None else to_uint8(out.mask[i][None].repeat(3, 1, 1) * 2 - 1)}
-                              for name, (out, _, _) in edits.items()},
+                    "edits": {name: {"image": r[i]["image"], "mask": r[i]["mask"]} for name, r in records.items()},
                 }  # fmt: skip
             self._items.append(item)
+
+    def _records(self, spec, method, batch, labels, indices, checks) -> list[dict[str, Any]]:
+        """One method's per-item records (scores, features, picture and mask for the grid's items) of a
+        batch: from its cache when every item is there, else edited, judged and cached."""
+        cache = self.caches.get(spec.name)
+        pictured = [index < self.hparams.grid_samples for index in indices]
+        if cache is not None:
+            cached = [cache.load(index, check) for index, check in zip(indices, checks)]
+            if all(r is not None and (r["image"] is not None or not p) for r, p in zip(cached, pictured)):
+                return cached
+        out = method(batch["source"], batch["p_a"], batch["p_b"], batch["seed"].tolist(), batch["direction"])
+        scores = self.judges.scores(out.images, out.mask, batch, labels)
+        features = self.judges.features(out.images)
+        records = []
+        for i, (index, check) in enumerate(zip(indices, checks)):
+            record = {
+                "scores": {k: float(v[i]) for k, v in scores.items()},
+                "features": {k: v[i].cpu().numpy() for k, v in features.items()},
+                "image": to_uint8(out.images[i]) if pictured[i] else None,
+                "mask": to_uint8(out.mask[i][None].repeat(3, 1, 1) * 2 - 1)
+                if pictured[i] and out.mask is not None
+                else None,
+            }
+            if cache is not None:
+                cache.save(index, check, record)
+            records.append(record)
+        return records
 
     def on_validation_epoch_end(self) -> None:
         items = {item["index"]: item for item in gather(self._items)}  # padding duplicates count once
