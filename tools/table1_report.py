@@ -1,0 +1,133 @@
+"""The mini world's Table 1 beside the paper's: which of the paper's orderings hold.
+
+    python tools/table1_report.py --table outputs/mini/eval/table.json --out docs/results/mini_table1.md \
+        --command "portrait-edit validate --config configs/mini/eval.yaml" [--command ...] [--note TEXT]
+
+Reads the evaluation's table.json (systems/evaluation.py: rows over all items and per task) and writes a
+markdown page: the commands that made it, the revision, the tables, and per task (costume, expression)
+and per metric the paper has (SSIM; FID, compared with the mini world's FID on its CLIP features, the
+nearest figure it can compute): the rows in the mini world's order, where Ours ranks, and the pairs of
+rows the mini world orders as the paper's Table 1 does (k of n) with the pairs it orders the other way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from itertools import combinations
+from pathlib import Path
+
+from make_mini_base import git_revision
+
+from portrait_edit.data.shard_writer import atomic_write_bytes
+from portrait_edit.metrics.report import markdown_table
+
+# The paper's Table 1 (costume / expression validation sets): SSIM (higher is better), FID (lower).
+PAPER = {
+    "costume": {
+        "SDEdit 0.5": (0.713, 68.85), "SDEdit 0.8": (0.681, 93.17), "DiffEdit": (0.722, 93.52),
+        "Ours w/o Prt": (0.734, 84.58), "Ours w/o Spt": (0.767, 78.38), "Ours w/o Iemb": (0.785, 65.74),
+        "Ours w/o Mask": (0.788, 63.52), "Ours": (0.791, 52.56),
+    },
+    "expression": {
+        "SDEdit 0.5": (0.925, 38.99), "SDEdit 0.8": (0.914, 38.59), "DiffEdit": (0.922, 32.20),
+        "Ours w/o Prt": (0.940, 28.82), "Ours w/o Spt": (0.735, 24.56), "Ours w/o Iemb": (0.941, 23.07),
+        "Ours w/o Mask": (0.940, 26.61), "Ours": (0.943, 22.09),
+    },
+}  # fmt: skip
+# metric: (index in PAPER's tuples, our column, higher is better)
+METRICS = {"SSIM": (0, "ssim", True), "FID": (1, "fid_clip", False)}
+
+
+def rows_of(part: list[dict]) -> dict[str, dict]:
+    return {row["method"]: {k: v for k, v in row.items() if k != "method"} for row in part}
+
+
+def orderings(ours: dict[str, dict], paper: dict[str, tuple], metric: str) -> dict:
+    """For one task and metric: our order of the rows both tables have, Ours' rank, and the row pairs
+    ordered as in the paper (ties in either table are not counted)."""
+    index, column, higher = METRICS[metric]
+    names = [n for n in paper if ours.get(n, {}).get(column) is not None]
+    sign = 1 if higher else -1
+    order = sorted(names, key=lambda n: -sign * ours[n][column])
+    agree, flip = [], []
+    for a, b in combinations(names, 2):
+        ours_diff, paper_diff = ours[a][column] - ours[b][column], paper[a][index] - paper[b][index]
+        if ours_diff == 0 or paper_diff == 0:
+            continue
+        (agree if (ours_diff > 0) == (paper_diff > 0) else flip).append(
+            (a, b) if sign * paper_diff > 0 else (b, a)
+        )
+    rank = order.index("Ours") + 1 if "Ours" in order else None
+    return {"order": order, "rank": rank, "agree": agree, "flip": flip, "column": column}
+
+
+def page(table: dict, commands: list[str], note: str | None) -> str:
+    lines = [f"# {table['title']}", ""]
+    lines += ["Made by (in this order):", "", "```bash", *commands, "```", ""]
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines += [f"Revision {git_revision()}, written {stamp}; {table['items']} edits a row.", ""]
+    if note:
+        lines += [note, ""]
+    lines += ["## All directions", "", markdown_table(rows_of(table["rows"]), table["unavailable"])]
+    by_task = table.get("by_task", {})
+    for task, part in by_task.items():
+        lines += [
+            f"## {task} ({', '.join(part['directions'])})",
+            "",
+            markdown_table(rows_of(part["rows"]), {}, False),
+        ]
+    lines += ["## The paper's orderings in the mini world", ""]
+    lines += [
+        "Per task and metric: the rows best first; where Ours ranks; the pairs of rows ordered as in the "
+        "paper's Table 1. FID here is the mini world's Frechet distance of its CLIP features (the paper's is "
+        "Inception's), so only its order is compared.",
+        "",
+    ]
+    for task, part in by_task.items():
+        if task not in PAPER:
+            continue
+        ours = rows_of(part["rows"])
+        for metric in METRICS:
+            o = orderings(ours, PAPER[task], metric)
+            total = len(o["agree"]) + len(o["flip"])
+            if not total:
+                continue
+            lines += [
+                f"- **{task}, {metric}** ({o['column']}): {' > '.join(o['order'])}. Ours ranks {o['rank']} of "
+                f"{len(o['order'])}; {len(o['agree'])} of {total} pairs as in the paper."
+                + (
+                    f" Reversed here (the paper's better row first): {'; '.join(f'{a} / {b}' for a, b in o['flip'])}."
+                    if o["flip"]
+                    else ""
+                )
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", default="outputs/mini/eval/table.json", help="the evaluation's table.json")
+    parser.add_argument("--out", default="docs/results/mini_table1.md")
+    parser.add_argument(
+        "--command", action="append", default=[], help="a command that made the table (repeat)"
+    )
+    parser.add_argument("--note", default=None, help="a paragraph placed under the header")
+    args = parser.parse_args(argv)
+    path = Path(args.table)
+    if not path.is_file():
+        raise SystemExit(
+            f"{path} does not exist: run portrait-edit validate --config configs/mini/eval.yaml first"
+        )
+    table = json.loads(path.read_text())
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, page(table, args.command, args.note).encode())
+    print(f"table: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
