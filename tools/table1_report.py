@@ -64,11 +64,13 @@ def orderings(ours: dict[str, dict], paper: dict[str, tuple], metric: str) -> di
     return {"order": order, "rank": rank, "agree": agree, "flip": flip, "column": column}
 
 
-def page(table: dict, commands: list[str], note: str | None) -> str:
+def page(
+    table: dict, commands: list[str], note: str | None, revision: str, summary: str | None = None
+) -> str:
     lines = [f"# {table['title']}", ""]
     lines += ["Made by (in this order):", "", "```bash", *commands, "```", ""]
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    lines += [f"Revision {git_revision()}, written {stamp}; {table['items']} edits a row.", ""]
+    lines += [f"Evaluated at revision {revision}; page written {stamp}; {table['items']} edits a row.", ""]
     if note:
         lines += [note, ""]
     lines += ["## All directions", "", markdown_table(rows_of(table["rows"]), table["unavailable"])]
@@ -104,6 +106,8 @@ def page(table: dict, commands: list[str], note: str | None) -> str:
                     else ""
                 )
             ]
+    if summary:
+        lines += ["", "## Summary", "", summary]
     return "\n".join(lines) + "\n"
 
 
@@ -115,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         "--command", action="append", default=[], help="a command that made the table (repeat)"
     )
     parser.add_argument("--note", default=None, help="a paragraph placed under the header")
+    parser.add_argument(
+        "--summary", default=None, help="a markdown file placed at the end (the reading of it)"
+    )
+    parser.add_argument(
+        "--revision", default=None, help="the revision the evaluation ran at (default: now's)"
+    )
     args = parser.parse_args(argv)
     path = Path(args.table)
     if not path.is_file():
@@ -124,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     table = json.loads(path.read_text())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, page(table, args.command, args.note).encode())
+    summary = Path(args.summary).read_text().strip() if args.summary else None
+    text = page(table, args.command, args.note, args.revision or git_revision(), summary)
+    atomic_write_bytes(out, text.encode())
     print(f"table: {out}")
     return 0
 
