@@ -79,7 +79,7 @@ def page(
         lines += [
             f"## {task} ({', '.join(part['directions'])})",
             "",
-            markdown_table(rows_of(part["rows"]), {}, False),
+            markdown_table(rows_of(part["rows"]), table["unavailable"], False),
         ]
     lines += ["## The paper's orderings in the mini world", ""]
     lines += [
