@@ -3,6 +3,7 @@ Karras schedule and the VP <-> timestep map."""
 
 import math
 
+import pytest
 import torch
 from torch.testing import assert_close
 
@@ -12,6 +13,7 @@ from portrait_edit.diffusion.edm import (
     eps_denoiser,
     karras_sigmas,
     sigma_to_timestep,
+    twin_halves,
     vp_sigmas,
 )
 from portrait_edit.diffusion.noise import alphas_cumprod_from_betas, scaled_linear_betas
@@ -107,3 +109,18 @@ def test_per_sample_generators_make_each_sample_independent_of_its_batch():
     together = edm_sample(gaussian_denoiser, noise, sigmas, gens, **settings)
     alone = edm_sample(gaussian_denoiser, noise[1:2], sigmas, [torch.Generator().manual_seed(11)], **settings)
     assert_close(together[1:2], alone)
+
+
+def test_twin_noise_gives_both_halves_the_same_start_and_churn():
+    assert_close(twin_halves(torch.tensor([[1.0, 2.0, 3.0, 4.0]])), torch.tensor([[1.0, 2.0, 1.0, 2.0]]))
+    with pytest.raises(ValueError, match="even width"):
+        twin_halves(torch.zeros(1, 3))
+    sigmas = karras_sigmas(5, 0.002, 80.0)
+    noise = twin_halves(torch.randn(3, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64))
+    settings = dict(s_churn=40.0, s_tmin=0.05, s_tmax=50.0)
+    twin = edm_sample(
+        gaussian_denoiser, noise, sigmas, torch.Generator().manual_seed(6), noise_map=twin_halves, **settings
+    )
+    apart = edm_sample(gaussian_denoiser, noise, sigmas, torch.Generator().manual_seed(6), **settings)
+    assert_close(twin[:, :4], twin[:, 4:])  # an elementwise denoiser: equal inputs, equal halves
+    assert (apart[:, :4] - apart[:, 4:]).abs().max() > 0.1  # independent churn noise parts them

@@ -71,6 +71,21 @@ def test_a_pair_depends_on_its_seed_not_its_batch(assets):
     assert np.abs(together[0]["src.png"].astype(int) - together[1]["src.png"].astype(int)).mean() > 5
 
 
+def test_twin_noise_starts_both_halves_from_the_left_halfs_noise(assets):
+    starts = {}
+    for twin in (True, False):
+        s = system(assets, twin_noise=twin)
+        seen: list[torch.Tensor] = []
+        s.generator.unet.register_forward_hook(lambda m, args, out, seen=seen: seen.append(args[0]))
+        out = s.predict_step(jobs(assets, 1), 0)
+        assert out[0]["json"]["scales"]["twin_noise"] is twin
+        starts[twin] = seen[0][0]  # the first evaluation's input: z_T with its first churn (null branch row)
+    half = starts[True].shape[-1] // 2
+    assert torch.equal(starts[True][..., :half], starts[True][..., half:])
+    assert torch.equal(starts[True][..., :half], starts[False][..., :half])  # the left half's own noise
+    assert not torch.allclose(starts[False][..., :half], starts[False][..., half:])
+
+
 def test_ablation_switches_drop_the_controlnet_and_the_identity(assets):
     s = system(assets, use_pose=False, use_identity=False)
     assert s.generator.controlnet is None and s.generator.identity_encoder is None

@@ -85,6 +85,14 @@ def fresh_noise(x: torch.Tensor, generator: torch.Generator | list[torch.Generat
     )
 
 
+def twin_halves(x: torch.Tensor) -> torch.Tensor:
+    """x (..., 2w) with its right half replaced by a copy of its left half."""
+    if x.shape[-1] % 2:
+        raise ValueError(f"twin_halves needs an even width, got {x.shape[-1]}")
+    left = x[..., : x.shape[-1] // 2]
+    return torch.cat([left, left], dim=-1)
+
+
 @torch.no_grad()
 def edm_sample(
     denoise: Denoiser,
@@ -96,6 +104,7 @@ def edm_sample(
     s_tmax: float = float("inf"),
     s_noise: float = 1.0,
     heun: bool = True,
+    noise_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Algorithm 2 of Karras et al. 2022: x_0 from standard-normal `noise` scaled to sigmas[0].
 
@@ -107,6 +116,7 @@ def edm_sample(
             generator, so a sample does not depend on what else is in its batch.
         s_churn, s_tmin, s_tmax, s_noise: the stochasticity settings (S_churn = 0: deterministic Heun).
         heun: apply the second-order correction (2 evaluations a step except the last; False: Euler).
+        noise_map: applied to every churn noise as it is drawn (e.g. `twin_halves`); None: as drawn.
 
     Returns:
         the sample at sigma = 0, shape of noise.
@@ -120,6 +130,7 @@ def edm_sample(
         sigma_hat = sigma * (1.0 + gamma)
         if gamma > 0:
             fresh = fresh_noise(x, generator)
+            fresh = fresh if noise_map is None else noise_map(fresh)
             x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * fresh
         level = torch.full((batch,), sigma_hat, device=x.device, dtype=torch.float64)
         slope = (x - denoise(x, level)) / sigma_hat

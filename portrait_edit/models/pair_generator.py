@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from portrait_edit.diffusion.composable import BRANCHES, composable_eps, split_branches, stack_branches
-from portrait_edit.diffusion.edm import edm_sample, eps_denoiser, karras_sigmas, vp_sigmas
+from portrait_edit.diffusion.edm import edm_sample, eps_denoiser, karras_sigmas, twin_halves, vp_sigmas
 from portrait_edit.diffusion.noise import alphas_cumprod_from_betas, scaled_linear_betas
 from portrait_edit.models.identity_encoder import IdentityEncoder, encode_identity
 from portrait_edit.models.token_splice import encode_prompts_with_identity
@@ -38,6 +38,9 @@ class PairGenerator(nn.Module):
         steps: EDM sampling steps.
         s_churn, s_tmin, s_tmax, s_noise: EDM stochasticity (the defaults are KarrasVeScheduler's).
         heun: Heun's second-order correction (Algorithm 2 as written: 2 evaluations a step but the last).
+        twin_noise: the canvas's right half gets the same noise as its left half (z_T and every churn
+            noise), so the halves differ only by what the prompts and their Eq. 2 weights make them do.
+            False (the paper): independent noise, the base model's own prior keeps the halves alike.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class PairGenerator(nn.Module):
         s_tmax: float = 50.0,
         s_noise: float = 1.007,
         heun: bool = True,
+        twin_noise: bool = False,
     ) -> None:
         super().__init__()
         if (image_encoder is None) != (identity_encoder is None):
@@ -72,6 +76,7 @@ class PairGenerator(nn.Module):
         self.settings = dict(guidance=guidance, s_d=s_d, s_a=s_a, s_b=s_b)
         self.sampler = dict(s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, heun=heun)
         self.steps = steps
+        self.twin_noise = twin_noise
         self.register_buffer(
             "table", vp_sigmas(alphas_cumprod_from_betas(scaled_linear_betas())), persistent=False
         )
@@ -166,6 +171,8 @@ class PairGenerator(nn.Module):
         """
         denoise = eps_denoiser(lambda x, t: self.branch_eps(x, t, states, pose), self.table)
         sigmas = karras_sigmas(self.steps, float(self.table[0]), float(self.table[-1]))
-        latents = edm_sample(denoise, noise.double(), sigmas, generators, **self.sampler)
+        tie = twin_halves if self.twin_noise else None
+        noise = noise.double() if tie is None else tie(noise.double())
+        latents = edm_sample(denoise, noise, sigmas, generators, **self.sampler, noise_map=tie)
         latents = (latents / self.vae.config.scaling_factor).to(self.vae.dtype)
         return self.vae.decode(latents).sample.float().clamp(-1, 1)

@@ -40,7 +40,7 @@ class PairGenerationSystem(LightningModule):
         base is a preset that ships one).
     image_encoder: CLIP image encoder source (None with a preset base: the preset's).
     image_size: side H = W of each half (512 at SD 1.5, 64 mini).
-    steps, guidance, s_d, s_a, s_b, s_churn, s_tmin, s_tmax, s_noise: sampling (PairGenerator).
+    steps, guidance, s_d, s_a, s_b, s_churn, s_tmin, s_tmax, s_noise, twin_noise: sampling (PairGenerator).
     use_pose: condition on the pose (False: the "no pose" ablation, no ControlNet).
     use_identity: splice c_id into the prompts (False: the "no identity" ablation).
     min_identity_similarity: drop pairs whose left / right identity similarity (cosine of their c_id,
@@ -67,6 +67,7 @@ class PairGenerationSystem(LightningModule):
         s_tmin: float = 0.05,
         s_tmax: float = 50.0,
         s_noise: float = 1.007,
+        twin_noise: bool = False,
         use_pose: bool = True,
         use_identity: bool = True,
         min_identity_similarity: float | None = None,
@@ -103,7 +104,7 @@ class PairGenerationSystem(LightningModule):
             c.vae, c.unet, c.text_encoder, c.tokenizer,
             controlnet=c.controlnet, image_encoder=c.image_encoder, identity_encoder=encoder,
             guidance=guidance, s_d=s_d, s_a=s_a, s_b=s_b, steps=steps,
-            s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise,
+            s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, twin_noise=twin_noise,
         )  # fmt: skip
         self.bank = PoseBank.load(pose_bank)
         self.scale = 2 ** (len(c.vae.config.block_out_channels) - 1)
@@ -160,7 +161,8 @@ class PairGenerationSystem(LightningModule):
             "with_identity": bool(job.get("with_identity", True)) and h.use_identity,
             "description": job.get("description"),
             "scales": {"guidance": h.guidance, "s_d": h.s_d, "s_a": h.s_a, "s_b": h.s_b, "steps": h.steps,
-                       "s_churn": h.s_churn, "s_tmin": h.s_tmin, "s_tmax": h.s_tmax, "s_noise": h.s_noise},
+                       "s_churn": h.s_churn, "s_tmin": h.s_tmin, "s_tmax": h.s_tmax, "s_noise": h.s_noise,
+                       "twin_noise": h.twin_noise},
             "ablations": {"pose": h.use_pose, "identity": h.use_identity},
             "keypoints": np.round(keypoints, 3).tolist(),
             "identity_similarity": None if similarity is None else round(similarity, 5),
