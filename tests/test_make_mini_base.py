@@ -6,7 +6,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import make_mini_base  # noqa: E402
-from make_mini_base import finish_wandb_run, inputs_of, outdated, prepare_run_dir  # noqa: E402
+from make_mini_base import (  # noqa: E402
+    finish_wandb_run,
+    inputs_of,
+    outdated,
+    prepare_output_dir,
+    prepare_run_dir,
+)
 
 
 def test_a_remade_vae_outdates_the_unet_and_the_controlnet_follows():
@@ -50,6 +56,32 @@ def test_outdated_stage_starts_fresh_but_its_interrupted_retraining_resumes(tmp_
         b"interrupted retraining",
         b"old inputs",
     ]
+
+
+def test_predict_stage_resumes_only_shards_of_its_own_config_and_inputs(tmp_path, monkeypatch):
+    monkeypatch.setattr(make_mini_base, "REPO_ROOT", tmp_path)
+    config = tmp_path / "generate.yaml"
+    write = lambda guidance: config.write_text(  # noqa: E731
+        "trainer:\n  callbacks:\n    - class_path: portrait_edit.data.shard_writer.ShardWriter\n"
+        f"      init_args:\n        output_dir: pairs\n        prefix: pairs\nmodel:\n  guidance: {guidance}\n"
+    )
+    write(4.0)
+    folder, inputs = tmp_path / "pairs", {"unet": "2026-01-03T00:00:00+0000"}
+    folder.mkdir()
+    (folder / "pairs-000-000000.tar").write_bytes(b"unknown origin")
+    prepare_output_dir("generate.yaml", inputs, force=False)
+    assert not any(p.suffix == ".tar" for p in folder.iterdir())  # set aside: nothing says what made it
+    (folder / "pairs-000-000000.tar").write_bytes(b"interrupted run")
+    prepare_output_dir("generate.yaml", inputs, force=False)  # same config, same inputs: resumes
+    assert (folder / "pairs-000-000000.tar").read_bytes() == b"interrupted run"
+    write(7.5)  # a changed setting
+    prepare_output_dir("generate.yaml", inputs, force=False)
+    assert not (folder / "pairs-000-000000.tar").exists()
+    (folder / "pairs-000-000000.tar").write_bytes(b"guidance 7.5")
+    prepare_output_dir("generate.yaml", {"unet": "2026-02-01T00:00:00+0000"}, force=False)  # a new UNet
+    assert not (folder / "pairs-000-000000.tar").exists()
+    old = sorted((p / "pairs-000-000000.tar").read_bytes() for p in tmp_path.glob("pairs.old-*"))
+    assert old == [b"guidance 7.5", b"interrupted run", b"unknown origin"]
 
 
 def test_each_in_process_stage_gets_its_own_wandb_run(tmp_path, monkeypatch):

@@ -20,7 +20,9 @@ or that was interrupted resumes from its `last.ckpt` (fixed run directory: more 
 last run ended). `--force STAGE` retrains one stage from scratch (its old checkpoints are moved aside), as
 a change of architecture needs. A stage whose inputs were remade (USES: a new VAE or text encoder means a
 new UNet, a new UNet a new ControlNet) is retrained from scratch too; an interruption of that retraining
-resumes (its checkpoint folder records the inputs it started from).
+resumes (its checkpoint folder records the inputs it started from). A `predict` stage resumes only shards
+made by the same config from the same inputs (its output folder records them); otherwise its old shards are
+moved aside and it starts over.
 
     python tools/make_mini_base.py [--force unet] [--only vae clip]
     python tools/make_mini_base.py --fit-args "--trainer.accelerator=gpu --trainer.precision=bf16-mixed"
@@ -141,10 +143,18 @@ def last_checkpoint_step(config: str) -> int | None:
     return int(torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)["global_step"])
 
 
-def set_aside_checkpoints(config: str) -> None:
-    """Move a fit config's checkpoints to `<dirpath>.old-<time>` so the stage starts from scratch (a
-    --force'd stage; kept, not deleted, in case they are wanted)."""
-    folder = checkpoint_dir(config)
+def output_dir(config: str) -> Path | None:
+    """The ShardWriter output_dir of a predict config (where its shards go), or None."""
+    data = yaml.safe_load((REPO_ROOT / config).read_text())
+    for callback in (data.get("trainer") or {}).get("callbacks") or []:
+        if callback.get("class_path", "").endswith("ShardWriter"):
+            return REPO_ROOT / callback["init_args"]["output_dir"]
+    return None
+
+
+def set_aside(folder: Path | None, what: str) -> None:
+    """Move a folder to `<folder>.old-<time>` so its stage starts from scratch (kept, not deleted, in case
+    it is wanted)."""
     if folder is not None and folder.is_dir():
         stamp = time.strftime("%Y%m%d-%H%M%S")
         target = folder.with_name(f"{folder.name}.old-{stamp}")
@@ -153,7 +163,7 @@ def set_aside_checkpoints(config: str) -> None:
                 break
             target = folder.with_name(f"{folder.name}.old-{stamp}-{n}")
         folder.rename(target)
-        print(f"=== moved the old checkpoints to {target}", flush=True)
+        print(f"=== moved the old {what} to {target}", flush=True)
 
 
 @contextlib.contextmanager
@@ -208,9 +218,26 @@ def prepare_run_dir(config: str, inputs: dict[str, str | None], force: bool, sta
     marker = folder / "inputs.json"
     same = marker.is_file() and json.loads(marker.read_text()) == inputs
     if force or (stale and not same):
-        set_aside_checkpoints(config)
+        set_aside(folder, "checkpoints")
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(marker, inputs)
+
+
+def prepare_output_dir(config: str, inputs: dict[str, str | None], force: bool) -> None:
+    """Get a predict stage's shard folder ready. The writer skips complete shards (an interrupted run
+    resumes), so shards made by another config or from other inputs must not stay: the folder records what
+    its shards were made from (`.made_from.json`: the config's digest and the inputs), and a folder made
+    from anything else, or of unknown origin, or a --force'd stage's, is set aside first."""
+    folder = output_dir(config)
+    if folder is None:
+        return
+    made_from = {"config_digest": config_digest(REPO_ROOT / config), "inputs": inputs}
+    marker = folder / ".made_from.json"
+    same = marker.is_file() and json.loads(marker.read_text()) == made_from
+    if folder.is_dir() and any(folder.iterdir()) and (force or not same):
+        set_aside(folder, "shards")
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(marker, made_from)
 
 
 def run_stage(name: str, subcommand: str, config: str, extra: list[str], previous: dict) -> dict:
@@ -296,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if subcommand == "fit":
             prepare_run_dir(config, inputs, force=name in args.force, stale=bool(stale))
+        else:
+            prepare_output_dir(config, inputs, force=name in args.force)
         entry = {**run_stage(name, subcommand, config, extra[subcommand], done), "inputs": inputs}
         manifest = record_stage(
             manifest_path, name, entry
