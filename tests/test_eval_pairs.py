@@ -40,6 +40,7 @@ def test_pair_figures_by_hand():
         attr_left=attr,
         attr_right=torch.stack([attr[0], white[1]]),
         attr_face=torch.stack([attr[0], 2 * white[1]]),
+        halves_ssim=torch.tensor([0.9, 0.5]),
     )
     assert values["left_source"].tolist() == [1.0, 0.0]
     assert values["right_target"].tolist() == [1.0, 1.0]
@@ -49,6 +50,7 @@ def test_pair_figures_by_hand():
     assert values["source_distance"].tolist() == pytest.approx([0.0, 24**0.5])
     assert tool.summary(values, np.array([False, True]))["both"] == 0.0
     assert tool.summary(values)["left_source"] == 0.5
+    assert tool.summary(values)["halves_ssim"] == pytest.approx(0.7)
 
 
 def test_judges_read_pairs_from_a_model_folder(tmp_path):

@@ -10,7 +10,9 @@ For every pair in each variant's shards (left half x_A, right half x_B):
   between the skin and hair colours the attribute reader (data/mini/probe) reads off each half, the
   second being independent of the encoder that made the pairs;
 - identity kept from the source: the attribute distance between the left half and the identity source's
-  face (world people: their neutral front view).
+  face (world people: their neutral front view);
+- how alike the halves are: their SSIM (the world's exact pairs: about 0.97 for expressions, whose edit
+  region is small).
 Ablations are compared on the pairs all variants share (pairs come from the global job index, so pair i
 of every variant has the same prompts, pose and seed). Writes <out>/mini_pairs.json, <out>/mini_pairs.md,
 <out>/mini_pairs.png (two pairs per direction) and <out>/mini_pairs_ablation.png (per row: one job in
@@ -32,6 +34,7 @@ from portrait_edit.data.pair_jobs import WORLD
 from portrait_edit.data.shard_pipeline import iter_samples, resolve_shards
 from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_json
 from portrait_edit.data.world_images import LABELS
+from portrait_edit.metrics.image import ssim
 from portrait_edit.models.components import load_image_encoder
 from portrait_edit.models.direction_classifier import DirectionClassifier
 from portrait_edit.models.identity_encoder import IdentityEncoder, encode_identity
@@ -52,6 +55,7 @@ METRICS = {
     "cid_cosine": "c_id cosine of the halves",
     "attr_distance": "attribute distance of the halves",
     "source_distance": "attribute distance, left vs source face",
+    "halves_ssim": "SSIM of the halves",
 }
 
 
@@ -111,10 +115,11 @@ def pair_figures(
     attr_left: torch.Tensor,
     attr_right: torch.Tensor,
     attr_face: torch.Tensor,
+    halves_ssim: torch.Tensor,
 ) -> dict[str, np.ndarray]:
     """Each metric of METRICS per pair, float (N,), from the readings: the classifier's labels of the left
     and right halves (N,) and the pairs' direction labels (N,); c_id of the halves (N, K * d); attributes
-    (N, 6) of the halves and of the identity source's face."""
+    (N, 6) of the halves and of the identity source's face; the SSIM of the halves (N,)."""
     out = {
         "left_source": read_left == 0,
         "right_target": read_right == labels,
@@ -122,6 +127,7 @@ def pair_figures(
         "cid_cosine": torch.nn.functional.cosine_similarity(cid_left, cid_right, dim=1),
         "attr_distance": (attr_left - attr_right).norm(dim=1),
         "source_distance": (attr_left - attr_face).norm(dim=1),
+        "halves_ssim": halves_ssim,
     }
     return {k: v.float().numpy() for k, v in out.items()}
 
@@ -138,6 +144,7 @@ def per_pair(pairs: dict, judges: Judges) -> dict[str, np.ndarray]:
         judges.c_id(left),
         judges.c_id(right),
         *(judges.attributes(x) for x in (left, right, faces)),
+        ssim(left, right),
     )
 
 
