@@ -126,13 +126,18 @@ def finish_wandb_run() -> None:
         wandb.finish()
 
 
+def callback_folder(config: str, callback: str, argument: str) -> Path | None:
+    """The folder argument `argument` of the config's first trainer callback named `callback`, or None."""
+    data = yaml.safe_load((REPO_ROOT / config).read_text())
+    for entry in (data.get("trainer") or {}).get("callbacks") or []:
+        if entry.get("class_path", "").endswith(callback):
+            return REPO_ROOT / entry["init_args"][argument]
+    return None
+
+
 def checkpoint_dir(config: str) -> Path | None:
     """The ModelCheckpoint dirpath of a fit config (where `--ckpt_path=last` looks), or None."""
-    data = yaml.safe_load((REPO_ROOT / config).read_text())
-    for callback in (data.get("trainer") or {}).get("callbacks") or []:
-        if callback.get("class_path", "").endswith("ModelCheckpoint"):
-            return REPO_ROOT / callback["init_args"]["dirpath"]
-    return None
+    return callback_folder(config, "ModelCheckpoint", "dirpath")
 
 
 def last_checkpoint_step(config: str) -> int | None:
@@ -145,11 +150,7 @@ def last_checkpoint_step(config: str) -> int | None:
 
 def output_dir(config: str) -> Path | None:
     """The ShardWriter output_dir of a predict config (where its shards go), or None."""
-    data = yaml.safe_load((REPO_ROOT / config).read_text())
-    for callback in (data.get("trainer") or {}).get("callbacks") or []:
-        if callback.get("class_path", "").endswith("ShardWriter"):
-            return REPO_ROOT / callback["init_args"]["output_dir"]
-    return None
+    return callback_folder(config, "ShardWriter", "output_dir")
 
 
 def set_aside(folder: Path | None, what: str) -> None:
