@@ -10,8 +10,10 @@ import torch
 
 from portrait_edit.data.pair_jobs import PairJobsDataModule
 from portrait_edit.data.pose_bank import world_pose_bank
+from portrait_edit.diffusion.edm import edm_sample, eps_denoiser, karras_sigmas
 from portrait_edit.models.identity_encoder import IdentityEncoder, IdentityEncoderConfig
 from portrait_edit.systems.pair_generation import PairGenerationSystem
+from portrait_edit.world.openpose import draw_pose_pair
 
 SIZE = 32  # tiny preset: x2 VAE -> a 16 x 32 canvas latent
 
@@ -192,3 +194,50 @@ def test_identity_filter_drops_pairs_and_the_shards_count_them(assets, tmp_path)
     assert (manifest["num_samples"], manifest["num_filtered"]) == (2, 1)
     with pytest.raises(ValueError, match="needs use_identity"):
         system(assets, use_identity=False, min_identity_similarity=0.5)
+
+
+def test_source_alone_draws_the_left_half_as_a_plain_sample_of_p_a_that_the_right_half_sees(assets):
+    s = system(assets, source_alone=True, s_churn=0.0)  # deterministic Heun: the halves' noise is all of z_T
+    gen, batch = s.generator, jobs(assets, 2)
+    calls: list[tuple] = []
+    gen.unet.register_forward_hook(lambda m, args, out: calls.append(tuple(args[0].shape)))
+    out = s.predict_step(batch, 0)
+    assert out[0]["json"]["scales"]["source_alone"] is True
+    # every evaluation: the canvas's null / p / p_b rows, then the left half's null / p_a rows
+    c = gen.unet.config.in_channels
+    assert calls[:2] == [(6, c, SIZE // 2, SIZE), (4, c, SIZE // 2, SIZE // 2)] and len(calls) == 10
+
+    identity = gen.identity(torch.stack([s.face(j["identity_source"]) for j in batch]))
+    prompts = {k: [j[k] for j in batch] for k in ("p", "p_a", "p_b")}
+    states = gen.text_states(prompts, identity)
+    drawn = np.stack([draw_pose_pair(s.bank.pixels(j["pose_id"], SIZE, SIZE), SIZE, SIZE) for j in batch])
+    pose = torch.from_numpy(drawn).permute(0, 3, 1, 2).float() / 255.0
+    noise = torch.randn(
+        2, c, SIZE // 2, SIZE, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    sigmas = karras_sigmas(3, float(gen.table[0]), float(gen.table[-1]))
+
+    def sample(states, x):
+        return edm_sample(eps_denoiser(lambda z, t: gen.branch_eps(z, t, states, pose), gen.table), x, sigmas)
+
+    def left_alone(z, t):  # the base's own text-to-image step on the left half: two plain calls, CFG of p_a
+        left_pose = pose[..., :SIZE]
+        eps = []
+        for text in (states["null"].expand(2, -1, -1), states["p_a"]):
+            down, mid = gen.controlnet(
+                z.float(), t.float(), encoder_hidden_states=text, controlnet_cond=left_pose, return_dict=False
+            )
+            eps.append(
+                gen.unet(z.float(), t.float(), encoder_hidden_states=text, down_block_additional_residuals=down,
+                         mid_block_additional_residual=mid).sample
+            )  # fmt: skip
+        return eps[0] + gen.settings["guidance"] * (eps[1] - eps[0])
+
+    pair = sample(states, noise)
+    reference = edm_sample(eps_denoiser(left_alone, gen.table), noise[..., : SIZE // 2], sigmas)
+    torch.testing.assert_close(pair[..., : SIZE // 2], reference, rtol=1e-4, atol=1e-4)
+    other_b = sample(states | {"p_b": states["p_b"].flip(0)}, noise)  # another edit: x_A stays, x_B moves
+    assert torch.equal(other_b[..., : SIZE // 2], pair[..., : SIZE // 2])
+    assert (other_b[..., SIZE // 2 :] - pair[..., SIZE // 2 :]).abs().mean() > 1e-3
+    other_a = sample(states | {"p_a": states["p_a"].flip(0)}, noise)  # x_B sees x_A (most near the seam)
+    assert (other_a[..., SIZE // 2 :] - pair[..., SIZE // 2 :]).abs().amax() > 1e-3

@@ -10,6 +10,11 @@ scale g = 7.5):
 M_a / M_b are 1 on the left / right half, s_d = 0.1, s_a = s_b = 0.9. All three guided predictions share
 ONE unconditional branch, so a step needs 4 evaluations (null, p, p_a, p_b), not 6, and they go through
 the UNet (+ ControlNet) as one batch: `stack_branches` builds it, `split_branches` undoes it.
+
+With the source drawn alone (`source_alone_eps`, an option past the paper), the left half is the base
+model's own text-to-image sample of p_a on a W-wide canvas (e~(p_a) of a call that sees the left half only)
+and the right half keeps Eq. 2 over the whole canvas, so x_B still sees x_A at every step while x_A never
+sees x_B: the edit's colours cannot leak into the source (a santa costume's red into x_A's clothes).
 """
 
 from __future__ import annotations
@@ -55,16 +60,35 @@ def composable_eps(
     )
 
 
+def source_alone_eps(
+    e_null: torch.Tensor,
+    e_p: torch.Tensor,
+    e_pb: torch.Tensor,
+    e_null_left: torch.Tensor,
+    e_pa_left: torch.Tensor,
+    guidance: float = 7.5,
+    s_d: float = 0.1,
+    s_b: float = 0.9,
+) -> torch.Tensor:
+    """eps_bar (B, C, h, 2w) with the source drawn alone: left half e~(p_a) from the branches of a call on
+    the left half only (B, C, h, w); right half s_d e~(p) + s_b e~(p_b) from the canvas branches."""
+    right = s_d * guided(e_null, e_p, guidance) + s_b * guided(e_null, e_pb, guidance)
+    width = e_null.shape[-1] // 2
+    if e_null_left.shape[-1] != width:
+        raise ValueError(f"the left-half branches are {e_null_left.shape[-1]} wide, the canvas {2 * width}")
+    return torch.cat([guided(e_null_left, e_pa_left, guidance), right[..., width:]], dim=-1)
+
+
 def stack_branches(
-    latents: torch.Tensor, states: dict[str, torch.Tensor]
+    latents: torch.Tensor, states: dict[str, torch.Tensor], branches: tuple[str, ...] = BRANCHES
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batched call's inputs: latents repeated per branch (4B, C, h, 2w) and the branches' text
-    states stacked in BRANCHES order (4B, L, D); `states[name]` is (B, L, D) (or (1, L, D), broadcast)."""
+    """The batched call's inputs: latents repeated per branch (nB, C, h, 2w) and the branches' text
+    states stacked in `branches` order (nB, L, D); `states[name]` is (B, L, D) (or (1, L, D), broadcast)."""
     batch = latents.shape[0]
-    stacked = [states[name].expand(batch, -1, -1) for name in BRANCHES]
-    return latents.repeat(len(BRANCHES), 1, 1, 1), torch.cat(stacked)
+    stacked = [states[name].expand(batch, -1, -1) for name in branches]
+    return latents.repeat(len(branches), 1, 1, 1), torch.cat(stacked)
 
 
-def split_branches(prediction: torch.Tensor) -> dict[str, torch.Tensor]:
-    """(4B, ...) from one batched call -> {branch: (B, ...)} in BRANCHES order."""
-    return dict(zip(BRANCHES, prediction.chunk(len(BRANCHES))))
+def split_branches(prediction: torch.Tensor, branches: tuple[str, ...] = BRANCHES) -> dict[str, torch.Tensor]:
+    """(nB, ...) from one batched call -> {branch: (B, ...)} in `branches` order."""
+    return dict(zip(branches, prediction.chunk(len(branches))))

@@ -18,7 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from portrait_edit.diffusion.composable import BRANCHES, composable_eps, split_branches, stack_branches
+from portrait_edit.diffusion.composable import (
+    BRANCHES,
+    composable_eps,
+    source_alone_eps,
+    split_branches,
+    stack_branches,
+)
 from portrait_edit.diffusion.edm import edm_sample, eps_denoiser, karras_sigmas, twin_halves, vp_sigmas
 from portrait_edit.diffusion.noise import alphas_cumprod_from_betas, scaled_linear_betas
 from portrait_edit.models.identity_encoder import IdentityEncoder, encode_identity
@@ -41,6 +47,10 @@ class PairGenerator(nn.Module):
         twin_noise: the canvas's right half gets the same noise as its left half (z_T and every churn
             noise), so the halves differ only by what the prompts and their Eq. 2 weights make them do.
             False (the paper): independent noise, the base model's own prior keeps the halves alike.
+        source_alone: draw the left half alone (its own UNet call over the left half, p_a only) while the
+            right half keeps Eq. 2 over the canvas: x_A is an ordinary sample of p_a that x_B sees at
+            every step, and the edit cannot leak into it (a base that never saw two-person canvases
+            dresses x_A in the costume's colours otherwise). False (the paper): Eq. 2 on both halves.
     """
 
     def __init__(
@@ -63,6 +73,7 @@ class PairGenerator(nn.Module):
         s_noise: float = 1.007,
         heun: bool = True,
         twin_noise: bool = False,
+        source_alone: bool = False,
     ) -> None:
         super().__init__()
         if (image_encoder is None) != (identity_encoder is None):
@@ -77,6 +88,7 @@ class PairGenerator(nn.Module):
         self.sampler = dict(s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, heun=heun)
         self.steps = steps
         self.twin_noise = twin_noise
+        self.source_alone = source_alone
         self.register_buffer(
             "table", vp_sigmas(alphas_cumprod_from_betas(scaled_linear_betas())), persistent=False
         )
@@ -132,7 +144,8 @@ class PairGenerator(nn.Module):
         states: dict[str, torch.Tensor],
         pose: torch.Tensor | None,
     ) -> torch.Tensor:
-        """eps_bar (B, C, h, 2w) of Eq. 2 from ONE batched call over the 4 branches.
+        """eps_bar (B, C, h, 2w) of Eq. 2 from ONE batched call over the 4 branches (source_alone: one call
+        over the canvas's null, p and p_b branches and one over the left half's null and p_a).
 
         Args:
             x_vp: VP-scaled canvas latents (B, C, h, 2w).
@@ -140,18 +153,38 @@ class PairGenerator(nn.Module):
             states: `text_states` output.
             pose: the pose drawn on both halves, float (B, 3, H, 2W) in [0, 1], or None.
         """
+        if not self.source_alone:
+            e = self.unet_branches(x_vp, timesteps, states, pose, BRANCHES)
+            return composable_eps(e["null"], e["p"], e["p_a"], e["p_b"], **self.settings)
+        half = x_vp.shape[-1] // 2
+        e = self.unet_branches(x_vp, timesteps, states, pose, ("null", "p", "p_b"))
+        left = self.unet_branches(
+            x_vp[..., :half], timesteps, states, None if pose is None else pose[..., : pose.shape[-1] // 2],
+            ("null", "p_a"),
+        )  # fmt: skip
+        settings = {k: v for k, v in self.settings.items() if k != "s_a"}
+        return source_alone_eps(e["null"], e["p"], e["p_b"], left["null"], left["p_a"], **settings)
+
+    def unet_branches(
+        self,
+        x_vp: torch.Tensor,
+        timesteps: torch.Tensor,
+        states: dict[str, torch.Tensor],
+        pose: torch.Tensor | None,
+        branches: tuple[str, ...],
+    ) -> dict[str, torch.Tensor]:
+        """{branch: eps (B, C, h, w')} of ONE batched UNet (+ ControlNet) call over `branches`."""
         dtype = self.unet.dtype
-        x, s = stack_branches(x_vp.to(dtype), {k: v.to(dtype) for k, v in states.items()})
-        t = timesteps.to(dtype).repeat(len(BRANCHES))
+        x, s = stack_branches(x_vp.to(dtype), {k: v.to(dtype) for k, v in states.items()}, branches)
+        t = timesteps.to(dtype).repeat(len(branches))
         kwargs: dict[str, Any] = {}
         if self.controlnet is not None and pose is not None:
             down, mid = self.controlnet(
-                x, t, encoder_hidden_states=s, controlnet_cond=pose.to(dtype).repeat(len(BRANCHES), 1, 1, 1),
+                x, t, encoder_hidden_states=s, controlnet_cond=pose.to(dtype).repeat(len(branches), 1, 1, 1),
                 return_dict=False,
             )  # fmt: skip
             kwargs = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-        e = split_branches(self.unet(x, t, encoder_hidden_states=s, **kwargs).sample.float())
-        return composable_eps(e["null"], e["p"], e["p_a"], e["p_b"], **self.settings)
+        return split_branches(self.unet(x, t, encoder_hidden_states=s, **kwargs).sample.float(), branches)
 
     @torch.no_grad()
     def generate(

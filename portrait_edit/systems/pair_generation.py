@@ -40,7 +40,8 @@ class PairGenerationSystem(LightningModule):
         base is a preset that ships one).
     image_encoder: CLIP image encoder source (None with a preset base: the preset's).
     image_size: side H = W of each half (512 at SD 1.5, 64 mini).
-    steps, guidance, s_d, s_a, s_b, s_churn, s_tmin, s_tmax, s_noise, twin_noise: sampling (PairGenerator).
+    steps, guidance, s_d, s_a, s_b, s_churn, s_tmin, s_tmax, s_noise, twin_noise, source_alone: sampling
+        (PairGenerator).
     use_pose: condition on the pose (False: the "no pose" ablation, no ControlNet).
     use_identity: splice c_id into the prompts (False: the "no identity" ablation).
     min_identity_similarity: drop pairs whose left / right identity similarity (cosine of their c_id,
@@ -68,6 +69,7 @@ class PairGenerationSystem(LightningModule):
         s_tmax: float = 50.0,
         s_noise: float = 1.007,
         twin_noise: bool = False,
+        source_alone: bool = False,
         use_pose: bool = True,
         use_identity: bool = True,
         min_identity_similarity: float | None = None,
@@ -105,6 +107,7 @@ class PairGenerationSystem(LightningModule):
             controlnet=c.controlnet, image_encoder=c.image_encoder, identity_encoder=encoder,
             guidance=guidance, s_d=s_d, s_a=s_a, s_b=s_b, steps=steps,
             s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, twin_noise=twin_noise,
+            source_alone=source_alone,
         )  # fmt: skip
         self.bank = PoseBank.load(pose_bank)
         self.scale = 2 ** (len(c.vae.config.block_out_channels) - 1)
@@ -162,7 +165,7 @@ class PairGenerationSystem(LightningModule):
             "description": job.get("description"),
             "scales": {"guidance": h.guidance, "s_d": h.s_d, "s_a": h.s_a, "s_b": h.s_b, "steps": h.steps,
                        "s_churn": h.s_churn, "s_tmin": h.s_tmin, "s_tmax": h.s_tmax, "s_noise": h.s_noise,
-                       "twin_noise": h.twin_noise},
+                       "twin_noise": h.twin_noise, "source_alone": h.source_alone},
             "ablations": {"pose": h.use_pose, "identity": h.use_identity},
             "keypoints": np.round(keypoints, 3).tolist(),
             "identity_similarity": None if similarity is None else round(similarity, 5),
