@@ -126,25 +126,31 @@ def test_shipped_pairs_are_what_the_generate_config_makes():
             assert diff.max() <= 2, (index, field, diff.max())
 
 
-def test_shipped_mcdm_is_trained_and_makes_the_prompted_expression():
-    """data/mini/mcdm: the `mcdm` stage's export. Held-out world portraits edited toward "laughing"
-    (3-way guidance, no mask) are read as laughing by the independently trained direction classifier
-    (measured 0.99 over 100 inputs, docs/results/mini_edit.md), and the same seed gives the same edit."""
+# (direction, least of 10 edits read as it, least mean SSIM to the exact target): measured over 100 inputs
+# (docs/results/mini_edit.md) laughing 0.98 and 0.847, santa 0.85 and 0.636; a sample of the text-to-image
+# base under p_b, which never sees x_A, is a different portrait (SSIM about 0.3).
+EDITS = {"laughing": (8, 0.8), "santa": (7, 0.55)}
+
+
+@pytest.mark.parametrize("direction", sorted(EDITS))
+def test_shipped_mcdm_is_trained_and_makes_the_prompted_edit(direction):
+    """data/mini/mcdm: the `mcdm` stage's export. Held-out world portraits edited toward an expression and
+    a costume (3-way guidance, no mask) are read as that direction by the independently trained direction
+    classifier, stay this person (SSIM to the world's exact target), and the same seed gives the same edit."""
     entry = json.loads((MINI / "manifest.json").read_text())["stages"]["mcdm"]
     config = yaml.safe_load((paths.REPO_ROOT / "configs" / "mini" / "mcdm.yaml").read_text())
     assert entry["config"] == "configs/mini/mcdm.yaml" and entry["steps"] == config["trainer"]["max_steps"]
     editor = MCDMEditor.from_pretrained(MINI / "mcdm")
-    pairs = [make_pair(sample_seed(EVAL_SEED, k), "laughing", size=64) for k in range(10)]
+    pairs = [make_pair(sample_seed(EVAL_SEED, k), direction, size=64) for k in range(10)]
     sources = torch.from_numpy(np.stack([p.src for p in pairs])).permute(0, 3, 1, 2).float() / 127.5 - 1
-    prompts = [prompts_for("laughing", p.gender) for p in pairs]
+    prompts = [prompts_for(direction, p.gender) for p in pairs]
     p_a, p_b = [q["p_a"] for q in prompts], [q["p_b"] for q in prompts]
     edits = editor.edit(sources, p_a, p_b, use_mask=False, steps=20, seed=3).images
     classifier = DirectionClassifier.from_pretrained(MINI / "classifier")
     read = [classifier.config.labels[int(i)] for i in classifier.predict_directions(edits)]
-    assert read.count("laughing") >= 8, read
-    # ... and it is this person laughing: SSIM to the exact target (0.861 over 100 inputs; a sample of the
-    # text-to-image base under p_b, which never sees x_A, is a different portrait)
+    least_read, least_ssim = EDITS[direction]
+    assert read.count(direction) >= least_read, read
     targets = torch.from_numpy(np.stack([p.gt for p in pairs])).permute(0, 3, 1, 2).float() / 127.5 - 1
-    assert ssim(edits, targets).mean() > 0.8
+    assert ssim(edits, targets).mean() > least_ssim
     again = editor.edit(sources[:2], p_a[:2], p_b[:2], use_mask=False, steps=20, seed=3).images
     torch.testing.assert_close(again, edits[:2])
