@@ -318,3 +318,24 @@ def test_real_two_process_ddp_generation(tmp_path, reference):
     check_complete_set(out)
     assert members_by_key(out) == members_by_key(reference)
     assert {n[:9] for n in os.listdir(out) if n.endswith(".tar")} == {"pairs-000", "pairs-001"}
+
+
+def test_a_run_with_other_settings_is_refused_before_it_writes(tmp_path):
+    out = tmp_path / "pairs"
+    run_trainer(out)
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    assert json.loads((out / ".settings.json").read_text())["data"]["hparams"]["seed"] == 3
+
+    def predict(dm: TinyJobs) -> None:
+        trainer = Trainer(callbacks=[ShardWriter(str(out))], default_root_dir=str(tmp_path), **QUIET)
+        trainer.predict(TinyPairSystem(), datamodule=dm, return_predictions=False)
+
+    # another seed would make other samples: its run must not count the seed-3 shards as its own
+    with pytest.raises(
+        ValueError, match=r"pairs holds shards made with other settings .*differing: data\.seed"
+    ):
+        predict(TinyJobs(num_samples=N, shard_size=SHARD, batch_size=BATCH, seed=4))
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+    # another batch size (or count of samples) makes the same samples: it resumes, with nothing left to do
+    predict(TinyJobs(num_samples=N, shard_size=SHARD, batch_size=1, seed=3))
+    assert len(members_by_key(out)) == N

@@ -167,6 +167,7 @@ class JobsDataModule(LightningDataModule):
         The output directory and shard prefix are the ShardWriter callback's (one place to set them).
         """
         super().__init__()
+        self.save_hyperparameters()  # with a subclass's arguments: what ShardWriter records of the jobs
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
         self.num_samples = num_samples

@@ -12,6 +12,11 @@ writing rank and shard the GLOBAL shard index from `ShardedJobs`:
 4. at the end of predict (or on a crash) each rank rewrites `manifest-r{rank:03d}.json` atomically from
    the sidecars of all complete shards named with its rank.
 
+`.settings.json` records what writes into the folder (the module's and the datamodule's class and
+hyperparameters, less those that only change how many samples or how fast: `RUN_ONLY`). A run with other
+settings is refused before it writes anything: resuming would count the complete shards of the other
+settings as its own.
+
 Tars are byte-reproducible: fixed mtime/owner/mode and members in sorted field order, so one rank or N
 ranks, first run or rerun, write identical bytes for the same key. No collectives are used; each rank
 only touches its own shards.
@@ -37,6 +42,29 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from portrait_edit.data.sample_codec import encode_sample
 
 log = logging.getLogger(__name__)
+
+SETTINGS_FILE = ".settings.json"
+RUN_ONLY = frozenset({"num_samples", "batch_size", "num_workers", "local_files_only"})
+
+
+def writer_settings(pl_module: Any, datamodule: Any) -> dict[str, Any]:
+    """What makes the samples of a run: each part's class and hyperparameters (less RUN_ONLY and the
+    CLI's own `_class_path` / `_instantiator`, so a CLI run and a Python run agree), as JSON."""
+
+    def part(obj: Any) -> dict[str, Any] | None:
+        if obj is None:
+            return None
+        hparams = {
+            k: v
+            for k, v in dict(getattr(obj, "hparams", {}) or {}).items()
+            if k not in RUN_ONLY and not k.startswith("_")
+        }
+        kind = type(obj)
+        return {"class": f"{kind.__module__}.{kind.__qualname__}", "hparams": hparams}
+
+    return json.loads(
+        json.dumps({"module": part(pl_module), "data": part(datamodule)}, sort_keys=True, default=str)
+    )
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -114,12 +142,20 @@ class ShardWriter(BasePredictionWriter):
         self.mtime = mtime
         self._open: _OpenShard | None = None
         self._finished: list[str] = []
+        self._started = False
 
     # Lightning hooks, in call order.
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        # Before the jobs loader skips complete shards: with every shard complete, predict never starts.
+        if stage == "predict":
+            os.makedirs(self.output_dir, exist_ok=True)
+            self.check_settings(writer_settings(pl_module, getattr(trainer, "datamodule", None)), trainer)
+
     def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
         os.makedirs(self.output_dir, exist_ok=True)
         self._open = None
         self._finished = []
+        self._started = True
 
     def write_on_batch_end(
         self,
@@ -152,8 +188,37 @@ class ShardWriter(BasePredictionWriter):
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         # Leave the partial .tar.tmp for inspection (the rerun overwrites it); record what did finish.
         self._abort_open()
-        if os.path.isdir(self.output_dir):  # the writer may sit in a fit/validate run that never predicted
+        if self._started:  # not in a run refused at setup, nor a fit/validate run that never predicted
             self.write_manifest(trainer.global_rank)
+
+    def check_settings(self, settings: dict[str, Any], trainer: Any) -> None:
+        """Refuse a folder whose shards were made with other settings; record them in a new folder."""
+        path = os.path.join(self.output_dir, SETTINGS_FILE)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                recorded = json.load(f)
+            if recorded != settings:
+                changed = sorted(
+                    f"{where}.{key}"
+                    for where in ("module", "data")
+                    for key in set((recorded.get(where) or {}).get("hparams", {}))
+                    | set((settings.get(where) or {}).get("hparams", {}))
+                    if (recorded.get(where) or {}).get("hparams", {}).get(key)
+                    != (settings.get(where) or {}).get("hparams", {}).get(key)
+                ) or ["the classes"]
+                raise ValueError(
+                    f"{self.output_dir} holds shards made with other settings ({path}; differing: "
+                    f"{', '.join(changed)}); this run would resume them as its own. Write to a new folder "
+                    "(--trainer.callbacks.init_args.output_dir=...) or move this one away."
+                )
+            return
+        if getattr(trainer, "global_rank", 0) != 0:
+            return
+        if any(name.endswith(".tar") for name in os.listdir(self.output_dir)):
+            log.warning(
+                "%s has shards of unrecorded settings; recording this run's in %s", self.output_dir, path
+            )
+        atomic_write_json(path, settings)
 
     # Writing.
     def write_sample(self, sample: dict[str, Any], rank: int) -> None:
