@@ -67,6 +67,16 @@ def writer_settings(pl_module: Any, datamodule: Any) -> dict[str, Any]:
     )
 
 
+def flat_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """`writer_settings` as {"module.class": ..., "module.<hparam>": ..., "data.<hparam>": ...}."""
+    flat = {}
+    for where, part in settings.items():
+        part = part or {}
+        flat[f"{where}.class"] = part.get("class")
+        flat.update({f"{where}.{key}": value for key, value in part.get("hparams", {}).items()})
+    return flat
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write a file so that readers see either the old content or the complete new one, never a part."""
     path = os.fspath(path)
@@ -148,6 +158,7 @@ class ShardWriter(BasePredictionWriter):
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         # Before the jobs loader skips complete shards: with every shard complete, predict never starts.
         if stage == "predict":
+            self._started = False
             os.makedirs(self.output_dir, exist_ok=True)
             self.check_settings(writer_settings(pl_module, getattr(trainer, "datamodule", None)), trainer)
 
@@ -198,14 +209,8 @@ class ShardWriter(BasePredictionWriter):
             with open(path, encoding="utf-8") as f:
                 recorded = json.load(f)
             if recorded != settings:
-                changed = sorted(
-                    f"{where}.{key}"
-                    for where in ("module", "data")
-                    for key in set((recorded.get(where) or {}).get("hparams", {}))
-                    | set((settings.get(where) or {}).get("hparams", {}))
-                    if (recorded.get(where) or {}).get("hparams", {}).get(key)
-                    != (settings.get(where) or {}).get("hparams", {}).get(key)
-                ) or ["the classes"]
+                old, new = flat_settings(recorded), flat_settings(settings)
+                changed = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
                 raise ValueError(
                     f"{self.output_dir} holds shards made with other settings ({path}; differing: "
                     f"{', '.join(changed)}); this run would resume them as its own. Write to a new folder "

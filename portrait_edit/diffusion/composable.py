@@ -72,7 +72,7 @@ def source_alone_eps(
 ) -> torch.Tensor:
     """eps_bar (B, C, h, 2w) with the source drawn alone: left half e~(p_a) from the branches of a call on
     the left half only (B, C, h, w); right half s_d e~(p) + s_b e~(p_b) from the canvas branches."""
-    right = s_d * guided(e_null, e_p, guidance) + s_b * guided(e_null, e_pb, guidance)
+    right = composable_eps(e_null, e_p, e_null, e_pb, guidance, s_d, 0.0, s_b)  # Eq. 2 with no p_a term
     width = e_null.shape[-1] // 2
     if e_null_left.shape[-1] != width:
         raise ValueError(f"the left-half branches are {e_null_left.shape[-1]} wide, the canvas {2 * width}")
