@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
+from typing import Any
 
+import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
+
+log = logging.getLogger(__name__)
 
 # Job loaders yield whole batches (lists of job dicts) from one process: Lightning can neither infer
 # per-sample batch indices (the shard writer does not need them) nor trust an IterableDataset's __len__
@@ -29,6 +34,9 @@ class PortraitCLI(LightningCLI):
     - `config.yaml` is overwritten in a fixed run directory, so a rerun or a requeued job does not crash on
       the file its previous attempt wrote.
     - `seed_everything` must be an explicit integer: Lightning turns `true` into seed 0, not a random seed.
+    - With `--ckpt_path <file>` the config's model settings are used as given (Lightning's CLI would
+      overwrite them with the checkpoint's, command-line values included: a resumed run would export
+      into the checkpoint's `export_dir`); the settings that differ from the checkpoint's are logged.
     """
 
     def __init__(self, args: ArgsType = None, run: bool = True, **kwargs) -> None:
@@ -59,6 +67,49 @@ class PortraitCLI(LightningCLI):
                 f"seed_everything is {seed!r}; set it to an explicit integer in your config "
                 "(e.g. `seed_everything: 0`): `true` silently means seed 0 in Lightning."
             )
+
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return  # None, or "last" / "hpc" (resolved by the trainer)
+        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        model = self.config[subcommand].model
+        saved_class = hparams.get("_class_path")
+        if saved_class and saved_class != model.class_path:
+            raise ValueError(
+                f"{ckpt_path} was saved by {saved_class}, but the config's model is {model.class_path}: "
+                "pass the config the checkpoint was trained with, or another checkpoint"
+            )
+        for key, (saved, given) in checkpoint_differences(hparams, model.init_args.as_dict()).items():
+            log.warning(
+                "%s: model.init_args.%s is %r here, %r in the checkpoint; %r is used",
+                ckpt_path,
+                key,
+                given,
+                saved,
+                given,
+            )
+
+
+def checkpoint_differences(saved: dict[str, Any], given: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The model settings a config gives (`given`) that differ from a checkpoint's hyperparameters
+    (`saved`): {name: (saved value, given value)}. Lightning's bookkeeping keys (`_class_path`,
+    `_instantiator`) and settings the checkpoint does not hold (module arguments it ignores) are left out."""
+    return {
+        key: (saved[key], given[key])
+        for key in sorted(saved.keys() & given.keys())
+        if not key.startswith("_") and _plain(saved[key]) != _plain(given[key])
+    }
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so a YAML list and a saved tuple compare equal."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def main(args: ArgsType = None) -> None:
