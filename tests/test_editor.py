@@ -190,6 +190,22 @@ def test_editor_loads_an_export_and_predicts_what_the_system_did(editor_and_batc
         MCDMEditor.from_pretrained(tmp_path / "unet")
 
 
+def test_an_export_carries_where_its_edits_read_the_mask(editor_and_batch, tmp_path):
+    _, sources, p_a, p_b = editor_and_batch
+    system = MCDMSystem(base="tiny", conditioning=MCDMConditioning(**TINY_CLIP), val_edits=0, mask_at=0.15)
+    with torch.no_grad():
+        system.unet.conv_in.weight[:, 4:].normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+    system.export(tmp_path, dtype=torch.float32)
+    loaded = MCDMEditor.from_pretrained(tmp_path)
+    assert loaded.mask_at == 0.15
+    settings = dict(threshold=0.2, steps=8, mask_seeds=2)
+    default = loaded.edit(sources, p_a, p_b, **settings).soft_masks
+    assert_close(default, loaded.edit(sources, p_a, p_b, mask_at=0.15, **settings).soft_masks)
+    assert not torch.allclose(default, loaded.edit(sources, p_a, p_b, mask_at=0.5, **settings).soft_masks)
+    with pytest.raises(ValueError, match="mask_at"):
+        MCDMSystem(base="tiny", conditioning=MCDMConditioning(**TINY_CLIP), mask_at=0.0)
+
+
 def test_diffedit_mask_is_one_call_of_the_guided_predictions(tiny_sd, editor_and_batch):
     import copy
     import dataclasses

@@ -87,6 +87,8 @@ class MCDMEditor:
         scheduler_config: UniPC configuration (the training noise schedule).
         max_rows: the most rows one UNet call may take (the mask's 10 seeds x 5 branches x B are chunked
             above it); None: no limit.
+        mask_at: the edits' default share of the sampling timesteps E(x_A) is noised to for the mask (the
+            paper's 0.5; an export records its own in mcdm.json).
     """
 
     def __init__(
@@ -96,12 +98,14 @@ class MCDMEditor:
         scales: dict[str, float],
         scheduler_config: dict,
         max_rows: int | None = None,
+        mask_at: float = 0.5,
     ) -> None:
         self.unet = unet.eval()
         self.conditioning = conditioning.eval()
         self.scales = dict(scales)
         self.scheduler_config = dict(scheduler_config)
         self.max_rows = max_rows
+        self.mask_at = mask_at
         self.unet_calls = 0  # UNet evaluations (calls), counted for tests and benchmarks
 
     @classmethod
@@ -126,7 +130,14 @@ class MCDMEditor:
         components = load_components(str(folder), parts=parts, torch_dtype=dtype)
         conditioning.bind(components)
         scheduler = UniPCMultistepScheduler.load_config(folder / "scheduler")
-        editor = cls(components.unet, conditioning.to(dtype), s["scales"], dict(scheduler))
+        # Exports made before mask_at was recorded read the mask where the paper does.
+        editor = cls(
+            components.unet,
+            conditioning.to(dtype),
+            s["scales"],
+            dict(scheduler),
+            mask_at=s.get("mask_at", 0.5),
+        )
         editor.unet.to(device)
         editor.conditioning.to(device)
         components.vae.to(device)
@@ -239,7 +250,7 @@ class MCDMEditor:
         steps: int = 20,
         seed: int | list[int] = 0,
         mask_seeds: int = 10,
-        mask_at: float = 0.5,
+        mask_at: float | None = None,
     ) -> EditResult:
         """Edit sources (B, 3, H, W) in [-1, 1] from p_a toward p_b.
 
@@ -250,12 +261,14 @@ class MCDMEditor:
             steps: UniPC steps (20 in the paper).
             seed: seeds each input's sampling noise z_T (and its mask noises, with seed + 1): one int for
                 every input, or one per input; an input's edit never depends on the batch it is in.
+            mask_at: the share of the timesteps E(x_A) is noised to for the mask; None: the editor's.
         """
         conditions = self.branch_conditions(sources, p_a, p_b, with_source=use_mask)
         mask = soft = None
         seeds = row_seeds(seed, len(sources))
         if use_mask:
-            mask, soft = self.mask(conditions, threshold, mask_seeds, steps, mask_at, [s + 1 for s in seeds])
+            at = self.mask_at if mask_at is None else mask_at
+            mask, soft = self.mask(conditions, threshold, mask_seeds, steps, at, [s + 1 for s in seeds])
         scheduler = self.scheduler(steps)
         noise = row_noise(tuple(conditions.latent.shape[1:]), seeds)
         z = noise.to(conditions.latent) * scheduler.init_noise_sigma

@@ -141,7 +141,7 @@ class EditWriter(BasePredictionWriter):
                 {
                     "name": record["name"], "gender": record["gender"], "model": str(hp.model),
                     "directions": {d: {"prompts": e["prompts"], "threshold": e["threshold"]} for d, e in record["edits"].items()},
-                    "scales": pl_module.editor.scales, "seed": hp.seed, "steps": hp.steps, "use_mask": hp.use_mask,
+                    "scales": pl_module.editor.scales, "mask_at": pl_module.editor.mask_at, "seed": hp.seed, "steps": hp.steps, "use_mask": hp.use_mask,
                     "mask_seeds": hp.mask_seeds, "version": __version__,
                 },
             )  # fmt: skip

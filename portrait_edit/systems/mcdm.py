@@ -85,6 +85,8 @@ class MCDMSystem(DiffusionSystem):
         conditioning: an MCDMConditioning (its ablation switches use_spatial / use_image).
         p_swap: probability of the reconstruction swap (0.05 in the paper).
         scales: guidance scales recorded in the export ({image, spatial, text}; the paper's by default).
+        mask_at: where the edit mask is read, recorded in the export: E(x_A) is noised to this share of
+            the 20 sampling timesteps (0.5, the 10th, in the paper).
         val_edits: inputs of the first validation batch edited and logged to W&B each validation (0: off).
         other arguments: as DiffusionSystem (paper: lr 5e-6, batch 4, 200k steps, EMA, bf16-mixed).
     """
@@ -95,6 +97,7 @@ class MCDMSystem(DiffusionSystem):
         conditioning: MCDMConditioning | None = None,
         p_swap: float = 0.05,
         scales: dict[str, float] | None = None,
+        mask_at: float = 0.5,
         val_edits: int = 4,
         lr: float = 5e-6,
         weight_decay: float = 1e-2,
@@ -111,6 +114,8 @@ class MCDMSystem(DiffusionSystem):
     ) -> None:
         if not 0.0 <= p_swap <= 1.0:
             raise ValueError(f"p_swap must be in [0, 1], got {p_swap}")
+        if not 0.0 < mask_at <= 1.0:
+            raise ValueError(f"mask_at must be in (0, 1], got {mask_at}")
         conditioning = MCDMConditioning() if conditioning is None else conditioning
         if not isinstance(conditioning, MCDMConditioning):
             raise ValueError(f"MCDMSystem needs an MCDMConditioning, got {type(conditioning).__name__}")
@@ -188,7 +193,8 @@ class MCDMSystem(DiffusionSystem):
     def export(self, out_dir: str | os.PathLike, dtype: torch.dtype = torch.float16) -> list[Path]:
         """A self-contained MCDM folder: the trained `unet/` and `image_adapter/` (EMA weights), the frozen
         VAE, text encoder, tokenizer, image encoder and scheduler of the base, and `mcdm.json` (how the
-        conditions are computed, the guidance scales and the base it was trained from)."""
+        conditions are computed, the guidance scales, the mask's noise level and the base it was trained
+        from)."""
         written = DiffusionSystem.export.__wrapped__(self, out_dir, dtype)
         out = Path(out_dir)
         c = self.conditioning
@@ -222,6 +228,7 @@ class MCDMSystem(DiffusionSystem):
             "image_mean": c.clip_view[2],
             "image_std": c.clip_view[3],
             "scales": self.scales,
+            "mask_at": self.hparams.mask_at,
             "scheduler": "UniPC",
             "num_inference_steps": 20,
         }
