@@ -114,6 +114,10 @@ def test_resuming_from_a_checkpoint_file_keeps_the_configs_model_settings(tmp_pa
     assert cli.model.hparams.export_dir == str(second)
     assert (second / "unet").is_dir() and (first / "unet").stat().st_mtime_ns == stamp
     assert f"model.init_args.export_dir is '{second}' here, '{first}' in the checkpoint" in caplog.text
+    # A finished run asked again (no step left) still writes its export where the config says.
+    third = tmp_path / "third"
+    cli = PortraitCLI(args=tiny_fit_args(tmp_path, shards, third, 2, str(ckpt)))
+    assert cli.trainer.global_step == 2 and (third / "unet").is_dir()
 
 
 def test_a_checkpoint_of_another_system_is_refused(tmp_path):

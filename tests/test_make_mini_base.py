@@ -121,3 +121,28 @@ def test_comment_edits_leave_a_config_unchanged(tmp_path, monkeypatch):
     assert config_unchanged(current, "stage.yaml") and not config_unchanged(legacy, "stage.yaml")
     config.write_text("model:\n  lr: 0.002\n")
     assert not config_unchanged(current, "stage.yaml")
+
+
+def test_a_finished_stage_asked_again_keeps_its_entry_and_records_the_new_export(tmp_path, monkeypatch):
+    """A config edit that trains nothing (the checkpoint is at max_steps) keeps the weights' entry and
+    date, so the stages built on them stay up to date, and says the export was written again."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(make_mini_base, "REPO_ROOT", tmp_path)
+    (tmp_path / "stage.yaml").write_text("model:\n  mask_at: 0.15\n")
+    monkeypatch.setattr(make_mini_base, "last_checkpoint_step", lambda config: 6500)
+    monkeypatch.setattr(make_mini_base, "git_revision", lambda: "abc123")
+    ran = []
+
+    def fake_cli(args):
+        ran.append(args)
+        return SimpleNamespace(trainer=SimpleNamespace(global_step=6500))
+
+    monkeypatch.setattr(make_mini_base, "PortraitCLI", fake_cli)
+    previous = {"date": "2026-11-24T01:48:37+0000", "steps": 6500, "revision": "old", "config_digest": "x"}
+    entry = make_mini_base.run_stage("mcdm", "fit", "stage.yaml", [], previous)
+    assert ran and ran[0][-1] == "--ckpt_path=last"
+    assert {k: entry[k] for k in ("date", "steps", "revision")} == {
+        k: previous[k] for k in ("date", "steps", "revision")
+    }
+    assert entry["config_digest"] != "x" and entry["exported_again"]["revision"] == "abc123"

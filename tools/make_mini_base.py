@@ -260,11 +260,13 @@ def run_stage(name: str, subcommand: str, config: str, extra: list[str], previou
     wall = time.time() - start
     if subcommand == "fit" and resumed is not None and cli.trainer.global_step == resumed and previous:
         # Nothing was trained (the checkpoint was already at max_steps, e.g. after a comment edit): the
-        # models are the previous entry's, so is its date (stages built on them stay up to date).
+        # weights are the previous entry's, so is its date (stages built on them stay up to date). The
+        # export was written again (with the config's export settings): when and by which revision.
         return {
             **previous,
             "config_sha256": file_sha256(REPO_ROOT / config),
             "config_digest": config_digest(REPO_ROOT / config),
+            "exported_again": {"revision": git_revision(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         }
     entry = {
         "command": "portrait-edit " + " ".join(args).replace(str(REPO_ROOT) + os.sep, ""),

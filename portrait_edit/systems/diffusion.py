@@ -243,7 +243,9 @@ class DiffusionSystem(LightningModule):
         for name, module in self.trained.items() if self.ema else ():
             self.ema[name].update_parameters(module)
 
-    def on_train_end(self) -> None:
+    def on_fit_end(self) -> None:
+        # Not on_train_end: Lightning skips it when a resumed run has no step left to train, and such a
+        # rerun (another export_dir, dtype or editing setting) must still write its export.
         if self.hparams.export_dir:
             self.export(self.hparams.export_dir, DTYPES[self.hparams.export_dtype])
 
