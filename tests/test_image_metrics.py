@@ -15,6 +15,7 @@ from portrait_edit.metrics.image import (
     feature_stats,
     fid_from_features,
     frechet_distance,
+    grid_iou_ceiling,
     mask_iou,
     masked_ssim,
     ssim,
@@ -113,3 +114,23 @@ def test_fid_without_inception_weights_is_unavailable_with_the_reason(tmp_path):
         InceptionFeatures(str(tmp_path))  # an empty folder: nothing is downloaded
     with pytest.raises(MetricUnavailable, match="inception=<folder>"):
         InceptionFeatures(None)
+
+
+def test_grid_iou_ceiling_is_the_best_mask_of_whole_cells():
+    region = torch.zeros(2, 8, 8)
+    region[0, :4, :4] = 1  # one whole 4 x 4 cell ...
+    region[0, 4:6, 4:6] = 1  # ... and a quarter of another: that cell would cost 12, gain 4
+    region[1, 2:6, 2:6] = 1  # a quarter of each of the 4 cells: one cell 4 / 28, all four 16 / 64
+    by_hand = torch.tensor([16 / 20, 16 / 64])
+    assert_close(grid_iou_ceiling(region, 4), by_hand)
+    # No mask of whole cells does better (all 16 subsets of the 2 x 2 grid).
+    for b in range(2):
+        best = 0.0
+        for bits in range(16):
+            cells = torch.tensor([(bits >> k) & 1 for k in range(4)], dtype=torch.float32).reshape(1, 1, 2, 2)
+            mask = torch.nn.functional.interpolate(cells, scale_factor=4, mode="nearest")[:, 0]
+            best = max(best, mask_iou(mask, region[b : b + 1]).item())
+        assert best == pytest.approx(by_hand[b].item())
+    assert grid_iou_ceiling(torch.zeros(1, 8, 8), 4).item() == 1.0
+    with pytest.raises(ValueError, match="cells"):
+        grid_iou_ceiling(torch.zeros(1, 6, 8), 4)

@@ -53,6 +53,24 @@ def mask_iou(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
+def grid_iou_ceiling(region: torch.Tensor, cell: int) -> torch.Tensor:
+    """The best IoU any mask made of whole `cell` x `cell` cells (a latent-resolution mask, upsampled)
+    can reach against binary regions (B, H, W): float (B,), 1 for an empty region.
+
+    A mask of k cells scores (sum of their covered pixels) / (|region| + their uncovered pixels); the best
+    k-cell mask takes the k most covered cells, so the maximum over k of those prefixes is the optimum."""
+    b, h, w = region.shape
+    if h % cell or w % cell:
+        raise ValueError(f"regions of {h} x {w} are not whole {cell} x {cell} cells")
+    inside = (region > 0.5).float()
+    covered = torch.nn.functional.avg_pool2d(inside[:, None], cell).flatten(1) * cell**2  # (B, cells)
+    covered = covered.sort(dim=1, descending=True).values
+    intersection = covered.cumsum(1)
+    union = inside.flatten(1).sum(1, keepdim=True) + (cell**2 - covered).cumsum(1)
+    best = (intersection / union.clamp(min=1)).max(dim=1).values
+    return torch.where(inside.flatten(1).sum(1) > 0, best, torch.ones_like(best))
+
+
 def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean (D,) and covariance (D, D) (unbiased, as numpy's cov) of features (N, D), float64."""
     features = np.asarray(features, dtype=np.float64)
