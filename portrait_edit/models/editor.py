@@ -4,9 +4,9 @@ A plain class (no Lightning), used by `predict` and by evaluation. Per step of U
     eps(p) = 3-way guidance of e(0,0,0), e(im,0,0), e(im,s,0), e(im,s,p)   (scales 3 / 3 / 5)
     eps_hat = eps(p_b) * M + eps(p_a) * (1 - M)                            (Eq. 3)
 eps(p_a) and eps(p_b) share their first three branches, so a step is 5 UNet evaluations, in ONE batched
-call. The mask M: E(x_A) noised to the 10th of the 20 timesteps with 10 seeds, one guided prediction under
-p_a and under p_b for each (all 10 x 5 branch rows in one call, chunked only for memory), then
-`diffusion.masks.edit_mask`.
+call. The mask M: E(x_A) noised to the 10th of the 20 timesteps (the paper's; an export may record another
+step, `mask_at`) with 10 seeds, one guided prediction under p_a and under p_b for each (all 10 x 5
+branch rows in one call, chunked only for memory), then `diffusion.masks.edit_mask`.
 """
 
 from __future__ import annotations
