@@ -13,6 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+# Where the mask is read: E(x_A) noised to this share of the sampling timesteps (0.5 of 20: the 10th).
+MASK_AT = 0.5
+
 
 def prediction_difference(pred_a: torch.Tensor, pred_b: torch.Tensor, seeds: int) -> torch.Tensor:
     """Mean over seeds of the channel-mean |pred_b - pred_a|.

@@ -22,7 +22,7 @@ from diffusers import UniPCMultistepScheduler
 from torch import nn
 
 from portrait_edit.diffusion.conditions import CONDITIONS, multi_guidance
-from portrait_edit.diffusion.masks import combine, edit_mask, normalise, prediction_difference
+from portrait_edit.diffusion.masks import MASK_AT, combine, edit_mask, normalise, prediction_difference
 from portrait_edit.models.components import load_components
 from portrait_edit.models.conditioning import scaled_latents
 from portrait_edit.models.mcdm import MCDMConditioning
@@ -98,7 +98,7 @@ class MCDMEditor:
         scales: dict[str, float],
         scheduler_config: dict,
         max_rows: int | None = None,
-        mask_at: float = 0.5,
+        mask_at: float = MASK_AT,
     ) -> None:
         self.unet = unet.eval()
         self.conditioning = conditioning.eval()
@@ -136,7 +136,7 @@ class MCDMEditor:
             conditioning.to(dtype),
             s["scales"],
             dict(scheduler),
-            mask_at=s.get("mask_at", 0.5),
+            mask_at=s.get("mask_at", MASK_AT),
         )
         editor.unet.to(device)
         editor.conditioning.to(device)
@@ -220,7 +220,7 @@ class MCDMEditor:
         threshold: float,
         seeds: int = 10,
         steps: int = 20,
-        mask_at: float = 0.5,
+        mask_at: float = MASK_AT,
         seed: int | list[int] = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The edit mask M and its soft map, float (B, h, w) at latent resolution.

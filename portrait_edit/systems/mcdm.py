@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from portrait_edit.diffusion.conditions import swap_mask
+from portrait_edit.diffusion.masks import MASK_AT
 from portrait_edit.diffusion.noise import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS
 from portrait_edit.models.editor import MCDMEditor
 from portrait_edit.models.mcdm import MCDMConditioning
@@ -97,7 +98,7 @@ class MCDMSystem(DiffusionSystem):
         conditioning: MCDMConditioning | None = None,
         p_swap: float = 0.05,
         scales: dict[str, float] | None = None,
-        mask_at: float = 0.5,
+        mask_at: float = MASK_AT,
         val_edits: int = 4,
         lr: float = 5e-6,
         weight_decay: float = 1e-2,
