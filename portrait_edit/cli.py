@@ -8,6 +8,7 @@ flags, later files winning.
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -94,22 +95,18 @@ class PortraitCLI(LightningCLI):
 
 def checkpoint_differences(saved: dict[str, Any], given: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """The model settings a config gives (`given`) that differ from a checkpoint's hyperparameters
-    (`saved`): {name: (saved value, given value)}. Lightning's bookkeeping keys (`_class_path`,
-    `_instantiator`) and settings the checkpoint does not hold (module arguments it ignores) are left out."""
+    (`saved`): {name: (saved value, given value)}, compared as JSON (a YAML list equals a saved tuple).
+    Lightning's bookkeeping keys (`_class_path`, `_instantiator`) and settings the checkpoint does not
+    hold (module arguments it ignores) are left out."""
+
+    def plain(value: Any) -> Any:
+        return json.loads(json.dumps(value, sort_keys=True, default=str))
+
     return {
         key: (saved[key], given[key])
         for key in sorted(saved.keys() & given.keys())
-        if not key.startswith("_") and _plain(saved[key]) != _plain(given[key])
+        if not key.startswith("_") and plain(saved[key]) != plain(given[key])
     }
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, so a YAML list and a saved tuple compare equal."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 def main(args: ArgsType = None) -> None:

@@ -34,7 +34,7 @@ from portrait_edit.data.prompts import prompts_for, task_for_direction
 from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_json
 from portrait_edit.data.world_images import LABELS
 from portrait_edit.metrics.image import grid_iou_ceiling, mask_iou, masked_ssim, ssim
-from portrait_edit.models.components import load_components
+from portrait_edit.models.components import load_components, vae_scale_factor
 from portrait_edit.models.conditioning import TextConditioning
 from portrait_edit.models.direction_classifier import DirectionClassifier
 from portrait_edit.models.editor import DiffEditMask, MCDMEditor
@@ -58,7 +58,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     text.bind(base)
     diffedit = DiffEditMask(base.unet, base.vae, text, SCHEDULER)
     classifier = DirectionClassifier.from_pretrained(mini / "classifier")
-    cell = 2 ** (len(editor.vae.config.block_out_channels) - 1)  # image pixels per latent cell
+    cell = vae_scale_factor(editor.vae)
     rows: dict[str, list] = {
         k: []
         for k in (

@@ -239,6 +239,11 @@ def load_vae(
     return load_model("vae", source, torch_dtype, local_files_only, single_file_config, seed)
 
 
+def vae_scale_factor(vae: AutoencoderKL) -> int:
+    """Image pixels per latent cell along each side (8 for SD's VAE, 4 for the mini one)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def load_unet(
     source: str,
     *,

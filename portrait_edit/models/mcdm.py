@@ -25,7 +25,7 @@ from torch import nn
 
 from portrait_edit.diffusion.conditions import CONDITIONS, apply_null, drop_masks
 from portrait_edit.models.clip_image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_hidden_state
-from portrait_edit.models.components import SDComponents, load_image_encoder
+from portrait_edit.models.components import SDComponents, load_image_encoder, vae_scale_factor
 from portrait_edit.models.conditioning import Batch, TextConditioning, _freeze, scaled_latents
 from portrait_edit.models.folder_model import FolderModel
 from portrait_edit.models.widen import widen_conv_in
@@ -269,7 +269,7 @@ class MCDMConditioning(TextConditioning):
         vae = self._vae[0]
         if "source_latent" in batch:
             latent = batch["source_latent"].float()
-            scale = 2 ** (len(vae.config.block_out_channels) - 1)
+            scale = vae_scale_factor(vae)
             size = (latent.shape[-2] * scale, latent.shape[-1] * scale)
         else:
             latent, size = self.source_latent(batch["source"]), tuple(batch["source"].shape[-2:])

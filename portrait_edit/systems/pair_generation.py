@@ -22,7 +22,7 @@ from portrait_edit.data.images import load_image, to_uint8
 from portrait_edit.data.jobs import sample_seed
 from portrait_edit.data.pair_jobs import WORLD
 from portrait_edit.data.pose_bank import PoseBank
-from portrait_edit.models.components import load_components
+from portrait_edit.models.components import load_components, vae_scale_factor
 from portrait_edit.models.identity_encoder import IdentityEncoder
 from portrait_edit.models.pair_generator import PairGenerator
 from portrait_edit.models.sources import resolve_source
@@ -110,7 +110,7 @@ class PairGenerationSystem(LightningModule):
             source_alone=source_alone,
         )  # fmt: skip
         self.bank = PoseBank.load(pose_bank)
-        self.scale = 2 ** (len(c.vae.config.block_out_channels) - 1)
+        self.scale = vae_scale_factor(c.vae)
         settings = {k: v for k, v in self.hparams.items() if k not in ("local_files_only",)}
         self.config_hash = hashlib.sha256(
             json.dumps({**settings, "version": __version__}, sort_keys=True).encode()

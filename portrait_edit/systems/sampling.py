@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from portrait_edit.data.images import encode_png
 from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_json
-from portrait_edit.models.components import load_components
+from portrait_edit.models.components import load_components, vae_scale_factor
 from portrait_edit.world import draw_pose, pose_keypoints, sample_pose
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -77,7 +77,7 @@ class SamplingSystem(LightningModule):
             torch_dtype=DTYPES[dtype],
             local_files_only=local_files_only,
         )
-        scale = 2 ** (len(c.vae.config.block_out_channels) - 1)
+        scale = vae_scale_factor(c.vae)
         if image_size % scale:
             raise ValueError(f"image_size {image_size} must be a multiple of the VAE's downscale {scale}")
         # Registered as submodules so Lightning moves them to the device; the pipeline holds the same objects.
