@@ -1,10 +1,12 @@
 """Identity encoder: shapes, CLIP input, storage, retrieval metric, zero-shot gender, and the sd15-scale wiring."""
 
+import math
+
 import pytest
 import torch
 from torch.testing import assert_close
 
-from portrait_edit.metrics.identity import identity_retrieval_top1
+from portrait_edit.metrics.identity import identity_contrastive_loss, identity_retrieval_top1
 from portrait_edit.models.clip_image import clip_pixels
 from portrait_edit.models.clip_pair import build_clip, export_clip
 from portrait_edit.models.identity_encoder import (
@@ -76,6 +78,28 @@ def test_retrieval_top1_hand_example():
     identities = torch.tensor([0, 0, 1, 1, 2])
     # 0 -> 4 (cos 0.9988 > 0.9939): miss; 1 -> 0 (0.9939 > 0.987 to 4): hit; 2 -> 3 hit; 3 -> 2 hit; 4 -> 0: identity 0 != 2, miss.
     assert identity_retrieval_top1(features, identities).tolist() == [False, True, True, True, False]
+
+
+def test_contrastive_loss_hand_example_leaves_a_repeated_person_out_of_the_negatives():
+    queries = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+    keys = torch.tensor([[3.0, 0.0], [0.0, 1.0], [0.0, 0.5]])
+    identities = torch.tensor([0, 0, 1])  # rows 0 and 1 show one person: (0, 1) and (1, 0) are not negatives
+    # cos = [[1, 0, 0], [1, 0, 0], [0, 1, 1]]; / 0.5 -> logits [[2, 0, 0], [2, 0, 0], [0, 2, 2]].
+    e2 = math.exp(2.0)
+    rows = [
+        -math.log(e2 / (e2 + 1)),
+        math.log(2.0),
+        -math.log(e2 / (1 + 2 * e2)),
+    ]  # row 1: its 0 vs row 2's 0
+    cols = [-math.log(e2 / (e2 + 1)), -math.log(1 / (1 + e2)), -math.log(e2 / (2 + e2))]
+    expected = 0.5 * (sum(rows) / 3 + sum(cols) / 3)
+    assert identity_contrastive_loss(queries, keys, identities, 0.5).item() == pytest.approx(
+        expected, rel=1e-6
+    )
+    with pytest.raises(ValueError, match="temperature"):
+        identity_contrastive_loss(queries, keys, identities, 0.0)
+    with pytest.raises(ValueError, match="alike"):
+        identity_contrastive_loss(queries, keys[:2], identities, 0.5)
 
 
 def test_zero_shot_gender_picks_the_closer_prompt(tiny_sd, clip_tokenizer, tmp_path):

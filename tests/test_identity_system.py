@@ -168,6 +168,37 @@ def test_cross_view_faces_read_c_id_from_another_view_of_the_same_person():
         render_faces([1, 2], 1, 32, cross_view=True)
 
 
+def one_step(system, datamodule):
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(system, datamodule=datamodule)
+    return trainer.callback_metrics
+
+
+def test_contrastive_term_adds_infonce_between_the_two_views_and_needs_them():
+    system = IdentityEncoderSystem(
+        base="tiny", conditioning=tiny_conditioning(), embedding_l1=0.5, identity_contrastive=0.3
+    )
+    m = one_step(system, world_faces(cross_view=True))
+    # 4 people a batch: InfoNCE starts near log 4 (untrained c_id tells them apart by chance).
+    assert 0.5 < m["train/contrastive"].item() < 3.0
+    assert_close(
+        m["train/total"], m["train/loss"] + 0.5 * m["train/embedding_l1"] + 0.3 * m["train/contrastive"]
+    )
+    alone = IdentityEncoderSystem(base="tiny", conditioning=tiny_conditioning(), identity_contrastive=0.3)
+    with pytest.raises(ValueError, match="cross_view=true"):
+        one_step(alone, world_faces())
+    with pytest.raises(ValueError, match="identity_contrastive"):
+        IdentityEncoderSystem(base="tiny", conditioning=tiny_conditioning(), identity_contrastive=-1.0)
+
+
 def test_face_folder_skips_corrupt_images_and_takes_genders_from_metadata(tmp_path):
     folder = tmp_path / "ffhq" / "00000"
     folder.mkdir(parents=True)

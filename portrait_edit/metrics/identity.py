@@ -27,3 +27,34 @@ def identity_retrieval_top1(features: torch.Tensor, identities: torch.Tensor) ->
     similarity = unit @ unit.T
     similarity.fill_diagonal_(float("-inf"))  # a sample never retrieves itself
     return identities[similarity.argmax(dim=1)] == identities
+
+
+def identity_contrastive_loss(
+    queries: torch.Tensor, keys: torch.Tensor, identities: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Symmetric InfoNCE between two views of each person: row i of `queries` should be more cosine-similar
+    to row i of `keys` than to any other person's row, and the other way round.
+
+    Args:
+        queries, keys: float (B, F): features of view 1 and view 2 of the same B faces' people.
+        identities: long (B,): identity ids; other rows of the same identity are left out of the negatives
+            (a batch can draw one person twice).
+        temperature: the softmax temperature over cosine similarities.
+
+    Returns:
+        float scalar: the mean over both directions of -log softmax(cos / temperature) at the positive.
+    """
+    if queries.shape != keys.shape or queries.ndim != 2 or identities.shape != (queries.shape[0],):
+        raise ValueError(
+            f"need queries and keys (B, F) alike and identities (B,); got {tuple(queries.shape)}, "
+            f"{tuple(keys.shape)}, {tuple(identities.shape)}"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = F.normalize(queries.float(), dim=1) @ F.normalize(keys.float(), dim=1).T / temperature
+    same = identities[:, None] == identities[None, :]
+    logits = logits.masked_fill(
+        same & ~torch.eye(len(identities), dtype=torch.bool, device=logits.device), float("-inf")
+    )
+    target = torch.arange(len(identities), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))

@@ -2,7 +2,10 @@
 
 Everything of Stable Diffusion is frozen; the loss is the denoising loss of the face under "a photo of a
 <id> [X]" (IdentityConditioning) plus `embedding_l1` x mean |c_id| (ELITE's regulariser: it keeps the new
-words near the scale of real word embeddings, so they compose with the rest of a prompt). Validation adds
+words near the scale of real word embeddings, so they compose with the rest of a prompt), and optionally
+`identity_contrastive` x InfoNCE between the c_id of two views of each person (batches that carry a
+"reference" view: WorldFacesDataModule(cross_view=true)), a term beyond the paper that asks c_id to tell
+people apart rather than only to help denoise them. Validation adds
 identity retrieval: each face's nearest other face by cosine of the flattened c_id should be the same
 identity (val/identity_top1; the datamodule's validation set shows every identity twice).
 """
@@ -13,7 +16,7 @@ from typing import Any
 
 import torch
 
-from portrait_edit.metrics.identity import identity_retrieval_top1
+from portrait_edit.metrics.identity import identity_contrastive_loss, identity_retrieval_top1
 from portrait_edit.models.identity_conditioning import IdentityConditioning
 from portrait_edit.systems.diffusion import DiffusionSystem
 
@@ -25,6 +28,9 @@ class IdentityEncoderSystem(DiffusionSystem):
         base: source of the SD parts and the CLIP image encoder (preset, folder, single file, hub id).
         conditioning: the identity conditioning (None: IdentityConditioning() with its defaults).
         embedding_l1: weight of mean |c_id| in the loss (0.01 as in ELITE).
+        identity_contrastive: weight of the InfoNCE term between the c_id of the denoised face and of its
+            "reference" view (0: the paper's loss; > 0 needs batches with a "reference").
+        contrastive_temperature: its softmax temperature over cosine similarities.
         lr, weight_decay, warmup_steps, use_ema, ema_decay, snr_gamma, seed, export_dir, export_dtype,
         local_files_only: as in DiffusionSystem; the export writes `<export_dir>/identity_encoder/`.
     """
@@ -34,6 +40,8 @@ class IdentityEncoderSystem(DiffusionSystem):
         base: str = "mini",
         conditioning: IdentityConditioning | None = None,
         embedding_l1: float = 0.01,
+        identity_contrastive: float = 0.0,
+        contrastive_temperature: float = 0.1,
         lr: float = 1e-4,
         weight_decay: float = 1e-2,
         warmup_steps: int = 0,
@@ -47,6 +55,11 @@ class IdentityEncoderSystem(DiffusionSystem):
     ) -> None:
         if embedding_l1 < 0:
             raise ValueError(f"embedding_l1 must be >= 0, got {embedding_l1}")
+        if identity_contrastive < 0 or contrastive_temperature <= 0:
+            raise ValueError(
+                f"identity_contrastive must be >= 0 and contrastive_temperature > 0, got {identity_contrastive}, "
+                f"{contrastive_temperature}"
+            )
         super().__init__(
             base=base,
             conditioning=IdentityConditioning() if conditioning is None else conditioning,
@@ -71,6 +84,19 @@ class IdentityEncoderSystem(DiffusionSystem):
         penalty = identity.abs().mean()
         self.log("train/embedding_l1", penalty, batch_size=len(identity))
         loss = denoising + self.hparams.embedding_l1 * penalty
+        if self.hparams.identity_contrastive > 0:
+            if "reference" not in batch or "identity" not in batch:
+                raise ValueError(
+                    "identity_contrastive > 0 needs two views of each person per batch ('reference' and "
+                    "'identity'): use WorldFacesDataModule(cross_view=true), or set identity_contrastive: 0"
+                )
+            own = self.conditioning.identity({"image": batch["image"]})  # c_id of the denoised view itself
+            ids = torch.as_tensor(batch["identity"], device=identity.device)
+            contrastive = identity_contrastive_loss(
+                identity.flatten(1), own.flatten(1), ids, self.hparams.contrastive_temperature
+            )
+            self.log("train/contrastive", contrastive, batch_size=len(identity))
+            loss = loss + self.hparams.identity_contrastive * contrastive
         self.log("train/total", loss, batch_size=len(identity))
         return loss
 
