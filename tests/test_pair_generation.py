@@ -10,6 +10,7 @@ import torch
 
 from portrait_edit.data.pair_jobs import PairJobsDataModule
 from portrait_edit.data.pose_bank import world_pose_bank
+from portrait_edit.diffusion.composable import composable_eps, source_alone_eps
 from portrait_edit.diffusion.edm import edm_sample, eps_denoiser, karras_sigmas
 from portrait_edit.models.identity_encoder import IdentityEncoder, IdentityEncoderConfig
 from portrait_edit.systems.pair_generation import PairGenerationSystem
@@ -57,6 +58,40 @@ def test_every_evaluation_is_one_batched_unet_and_controlnet_call(assets):
         "pose": True,
         "identity": True,
     }
+
+
+@pytest.mark.parametrize("source_alone", [False, True])
+def test_without_the_whole_canvas_prompt_its_branch_is_not_evaluated_and_eq2_is_unchanged(
+    assets, source_alone
+):
+    s = system(assets, s_d=0.0, s_b=1.0, source_alone=source_alone)
+    gen, batch = s.generator, jobs(assets, 2)
+    rows: list[int] = []
+    gen.unet.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    identity = gen.identity(torch.stack([s.face(j["identity_source"]) for j in batch]))
+    states = gen.text_states({k: [j[k] for j in batch] for k in ("p", "p_a", "p_b")}, identity)
+    drawn = np.stack([draw_pose_pair(s.bank.pixels(j["pose_id"], SIZE, SIZE), SIZE, SIZE) for j in batch])
+    pose = torch.from_numpy(drawn).permute(0, 3, 1, 2).float() / 255.0
+    x = torch.randn(
+        2, gen.unet.config.in_channels, SIZE // 2, SIZE, generator=torch.Generator().manual_seed(1)
+    )
+    t, g = torch.tensor([700.0, 300.0]), gen.settings["guidance"]
+    with torch.no_grad():
+        eps = gen.branch_eps(x, t, states, pose)
+        calls = list(rows)
+        # Reference: every branch evaluated, one call per branch, combined by Eq. 2 with its s_d = 0 term.
+        half = SIZE // 2
+        e = {k: gen.unet_branches(x, t, states, pose, (k,))[k] for k in ("null", "p", "p_a", "p_b")}
+        if source_alone:
+            left = {
+                k: gen.unet_branches(x[..., :half], t, states, pose[..., :SIZE], (k,))[k]
+                for k in ("null", "p_a")
+            }
+            expected = source_alone_eps(e["null"], e["p"], e["p_b"], left["null"], left["p_a"], g, 0.0, 1.0)
+        else:
+            expected = composable_eps(e["null"], e["p"], e["p_a"], e["p_b"], g, 0.0, gen.settings["s_a"], 1.0)
+    assert calls == ([4, 4] if source_alone else [6])  # null + p_b (+ the left half's null + p_a); no p
+    torch.testing.assert_close(eps, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_a_pair_depends_on_its_seed_not_its_batch(assets):

@@ -2,6 +2,7 @@
 
     python tools/bench_generate.py                      # mini world on the CPU (shipped mini base)
     python tools/bench_generate.py --sd15 --device cuda --dtype bfloat16 --size 512 --batch 4
+    python tools/bench_generate.py --without-p          # Eq. 2 with s_d 0.1 vs s_d 0 (p's branch skipped)
 
 --sd15 builds the full SD 1.5 UNet, OpenPose ControlNet, ViT-L/14 and identity encoder with RANDOM weights
 from the shipped configs (no download): the figure is the cost of the architecture at 512 x 1024, not a
@@ -38,6 +39,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=20, help="EDM steps")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--s-d", type=float, default=0.1, help="Eq. 2 weight of the whole-canvas prompt p")
+    parser.add_argument("--source-alone", action="store_true", help="draw the left half alone")
+    parser.add_argument(
+        "--without-p",
+        action="store_true",
+        help="side by side: --s-d as given, then s_d 0 (the p branch left out of every call); prints the ratio",
+    )
     return parser.parse_args(argv)
 
 
@@ -46,7 +54,10 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         bank = Path(tmp) / "bank.json"
         world_pose_bank(64, seed=0).save(bank)
-        kwargs = dict(pose_bank=str(bank), image_size=args.size, steps=args.steps, dtype=args.dtype)
+        kwargs = dict(
+            pose_bank=str(bank), image_size=args.size, steps=args.steps, dtype=args.dtype, s_d=args.s_d,
+            s_b=1.0 - args.s_d, source_alone=args.source_alone,
+        )  # fmt: skip
         if args.sd15:
             presets = PRESETS_DIR / "sd15"
             vision = json.loads((presets / "image_encoder" / "config.json").read_text())
@@ -77,14 +88,19 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     what = "sd15 (random weights)" if args.sd15 else "mini base"
     print(
         f"pair generation, {what}, {args.size}x{2 * args.size}, {args.steps} steps, batch {args.batch}, "
-        f"{args.device} {args.dtype}, torch threads {torch.get_num_threads()}: {per_pair:.3f} s/pair, "
+        f"{args.device} {args.dtype}, s_d {args.s_d}{', source alone' if args.source_alone else ''}, "
+        f"torch threads {torch.get_num_threads()}: {per_pair:.3f} s/pair, "
         f"{60 / per_pair:.1f} pairs/min"
     )
     return {"s_per_pair": per_pair, "pairs_per_min": 60 / per_pair}
 
 
 def main(argv: list[str] | None = None) -> int:
-    measure(parse(argv))
+    args = parse(argv)
+    first = measure(args)
+    if args.without_p:
+        second = measure(argparse.Namespace(**{**vars(args), "s_d": 0.0}))
+        print(f"time per pair, s_d 0 / s_d {args.s_d}: {second['s_per_pair'] / first['s_per_pair']:.3f}")
     return 0
 
 

@@ -145,7 +145,8 @@ class PairGenerator(nn.Module):
         pose: torch.Tensor | None,
     ) -> torch.Tensor:
         """eps_bar (B, C, h, 2w) of Eq. 2 from ONE batched call over the 4 branches (source_alone: one call
-        over the canvas's null, p and p_b branches and one over the left half's null and p_a).
+        over the canvas's null, p and p_b branches and one over the left half's null and p_a); without the p
+        branch where s_d is 0.
 
         Args:
             x_vp: VP-scaled canvas latents (B, C, h, 2w).
@@ -153,17 +154,25 @@ class PairGenerator(nn.Module):
             states: `text_states` output.
             pose: the pose drawn on both halves, float (B, 3, H, 2W) in [0, 1], or None.
         """
+        # With s_d = 0, Eq. 2 weighs e~(p) by zero: its rows are left out of the call (e(p) := e(null)).
+        uses_p = self.settings["s_d"] != 0
         if not self.source_alone:
-            e = self.unet_branches(x_vp, timesteps, states, pose, BRANCHES)
-            return composable_eps(e["null"], e["p"], e["p_a"], e["p_b"], **self.settings)
+            e = self.unet_branches(
+                x_vp, timesteps, states, pose, BRANCHES if uses_p else ("null", "p_a", "p_b")
+            )
+            e_p = e["p"] if uses_p else e["null"]
+            return composable_eps(e["null"], e_p, e["p_a"], e["p_b"], **self.settings)
         half = x_vp.shape[-1] // 2
-        e = self.unet_branches(x_vp, timesteps, states, pose, ("null", "p", "p_b"))
+        e = self.unet_branches(
+            x_vp, timesteps, states, pose, ("null", "p", "p_b") if uses_p else ("null", "p_b")
+        )
         left = self.unet_branches(
             x_vp[..., :half], timesteps, states, None if pose is None else pose[..., : pose.shape[-1] // 2],
             ("null", "p_a"),
         )  # fmt: skip
         settings = {k: v for k, v in self.settings.items() if k != "s_a"}
-        return source_alone_eps(e["null"], e["p"], e["p_b"], left["null"], left["p_a"], **settings)
+        e_p = e["p"] if uses_p else e["null"]
+        return source_alone_eps(e["null"], e_p, e["p_b"], left["null"], left["p_a"], **settings)
 
     def unet_branches(
         self,
