@@ -33,6 +33,21 @@ def world_faces(**kw):
     return WorldFacesDataModule(**(args | kw))
 
 
+def one_step(system, datamodule, **trainer_args):
+    """Fit `system` for one step on CPU; the trainer's callback metrics (no validation unless asked)."""
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **({"limit_val_batches": 0} | trainer_args),
+    )
+    trainer.fit(system, datamodule=datamodule)
+    return trainer.callback_metrics
+
+
 def test_world_faces_validation_shows_unseen_identities_twice_with_different_expressions():
     dm = world_faces()
     dm.setup("fit")
@@ -79,19 +94,7 @@ def test_one_step_trains_the_identity_encoder_only_and_adds_the_l1_penalty(tmp_p
         "unet." in k for k in frozen
     )
     encoder = {k: v.clone() for k, v in system.conditioning.encoder.state_dict().items()}
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=2,
-        val_check_interval=1,
-    )
-    trainer.fit(system, datamodule=world_faces())
-    m = trainer.callback_metrics
+    m = one_step(system, world_faces(), num_sanity_val_steps=0, limit_val_batches=2, val_check_interval=1)
     # total = denoising + 0.5 x mean |c_id| (the logged parts of the one step).
     assert_close(m["train/total"], m["train/loss"] + 0.5 * m["train/embedding_l1"])
     assert math.isfinite(m["val/loss"].item()) and 0.0 <= m["val/identity_top1"].item() <= 1.0
@@ -166,20 +169,6 @@ def test_cross_view_faces_read_c_id_from_another_view_of_the_same_person():
         )
     with pytest.raises(ValueError, match=">= 2 faces per identity"):
         render_faces([1, 2], 1, 32, cross_view=True)
-
-
-def one_step(system, datamodule):
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(system, datamodule=datamodule)
-    return trainer.callback_metrics
 
 
 def test_contrastive_term_adds_infonce_between_the_two_views_and_needs_them():
