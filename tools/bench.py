@@ -26,7 +26,8 @@ import bench_train  # noqa: E402
 CPU = (
     ("MCDM training: cached / online samples per s (mini)", bench_train, ["--ema"], "cached_over_online", ">= 1.8"),
     ("editing: ours / InstructPix2Pix time per UNet row (tiny)", bench_edit, [], "ours_over_instruct_pix2pix_per_row", "<= 1.0"),
-    ("pair generation: pairs per minute (mini)", bench_generate, ["--batches", "2"], "pairs_per_min", ""),
+    ("pair generation: pairs per minute (mini, as configs/mini/generate.yaml: s_d 0, source alone)", bench_generate,
+     ["--batches", "2", "--s-d", "0", "--source-alone"], "pairs_per_min", ""),
 )  # fmt: skip
 SD15 = ["--sd15", "--device", "cuda", "--size", "512"]
 GPU = (
