@@ -39,7 +39,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=20, help="EDM steps")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--s-d", type=float, default=0.1, help="Eq. 2 weight of the whole-canvas prompt p")
+    parser.add_argument(
+        "--s-d", type=float, default=0.1, help="Eq. 2 weight of the whole-canvas prompt p (s_b = 1 - s_d)"
+    )
     parser.add_argument("--source-alone", action="store_true", help="draw the left half alone")
     parser.add_argument(
         "--without-p",

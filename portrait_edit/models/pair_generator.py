@@ -155,23 +155,19 @@ class PairGenerator(nn.Module):
             pose: the pose drawn on both halves, float (B, 3, H, 2W) in [0, 1], or None.
         """
         # With s_d = 0, Eq. 2 weighs e~(p) by zero: its rows are left out of the call (e(p) := e(null)).
-        uses_p = self.settings["s_d"] != 0
+        canvas = ("null", "p", "p_b") if self.source_alone else BRANCHES
+        if self.settings["s_d"] == 0:
+            canvas = tuple(name for name in canvas if name != "p")
+        e = self.unet_branches(x_vp, timesteps, states, pose, canvas)
+        e_p = e.get("p", e["null"])
         if not self.source_alone:
-            e = self.unet_branches(
-                x_vp, timesteps, states, pose, BRANCHES if uses_p else ("null", "p_a", "p_b")
-            )
-            e_p = e["p"] if uses_p else e["null"]
             return composable_eps(e["null"], e_p, e["p_a"], e["p_b"], **self.settings)
         half = x_vp.shape[-1] // 2
-        e = self.unet_branches(
-            x_vp, timesteps, states, pose, ("null", "p", "p_b") if uses_p else ("null", "p_b")
-        )
         left = self.unet_branches(
             x_vp[..., :half], timesteps, states, None if pose is None else pose[..., : pose.shape[-1] // 2],
             ("null", "p_a"),
         )  # fmt: skip
         settings = {k: v for k, v in self.settings.items() if k != "s_a"}
-        e_p = e["p"] if uses_p else e["null"]
         return source_alone_eps(e["null"], e_p, e["p_b"], left["null"], left["p_a"], **settings)
 
     def unet_branches(
