@@ -8,12 +8,9 @@ conditioning reads ("caption", "pose", ...).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
-import shutil
 import warnings
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,6 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 from portrait_edit.data.keypoints import face_weights
 from portrait_edit.diffusion.noise import (
@@ -38,6 +34,8 @@ from portrait_edit.diffusion.noise import (
 )
 from portrait_edit.models.components import load_components
 from portrait_edit.models.conditioning import Conditioning, TextConditioning, scaled_latents
+from portrait_edit.models.ema import ema_copy
+from portrait_edit.models.export import save_module
 
 # The VAE, text encoder and a frozen UNet stay in eval mode on purpose (see `train`).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -63,7 +61,7 @@ class DiffusionSystem(LightningModule):
         weight_decay: AdamW weight decay.
         warmup_steps: optimizer steps of linear learning-rate warmup from 0.
         use_ema: keep an exponential moving average of the trained weights (saved in checkpoints, exported).
-        ema_decay: EMA decay per optimizer step, after a warmup (`ema_decay_at`).
+        ema_decay: EMA decay per optimizer step, after a warmup (models/ema.py).
         snr_gamma: Min-SNR-gamma loss weighting (`min_snr_weights`; 5.0 converges several times faster in
             short runs); None: plain MSE. val/loss is always the plain MSE, comparable across settings.
         seed: seed of the per-rank noise/timestep generator (rank r uses seed + r).
@@ -147,9 +145,8 @@ class DiffusionSystem(LightningModule):
             raise ValueError(
                 "nothing to train: set train_unet=true or use a conditioning with trainable modules"
             )
-        # The EMA copies never receive gradients (DDP would wait for them otherwise).
         self.ema = nn.ModuleDict(
-            {name: _ema_copy(module, ema_decay) for name, module in self.trained.items()} if use_ema else {}
+            {name: ema_copy(module, ema_decay) for name, module in self.trained.items()} if use_ema else {}
         )
         self.generator: torch.Generator | None = None
         self._latents: dict[int, torch.Tensor] = {}  # latent_cache: dataset index -> latents (CPU)
@@ -286,43 +283,7 @@ class DiffusionSystem(LightningModule):
         Returns:
             the written part folders.
         """
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written = []
-        for name, module in self.trained.items():
-            source = self.ema[name].module if self.ema else module
-            tmp, old, final = out_dir / f".{name}.tmp", out_dir / f".{name}.old", out_dir / name
-            for stale in (tmp, old):
-                shutil.rmtree(stale, ignore_errors=True)
-            # nn.Module.to: diffusers' ModelMixin.to warns on every dtype cast.
-            nn.Module.to(copy.deepcopy(source), dtype=dtype).save_pretrained(tmp, safe_serialization=True)
-            if final.exists():
-                final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-            written.append(final)
-        return written
-
-
-def ema_decay_at(n: int, decay: float) -> float:
-    """Decay of the n-th EMA update (n = 1, 2, ...): min(decay, n / (n + 9)), diffusers' EMAModel warmup,
-    so the random or pretrained starting weights fade within the first tens of steps even in short runs."""
-    return min(decay, n / (n + 9))
-
-
-@torch.no_grad()
-def _ema_update(
-    ema_params: list[torch.Tensor], params: list[torch.Tensor], n_averaged: torch.Tensor, decay: float
-) -> None:
-    """AveragedModel's multi_avg_fn (module level: DDP spawn pickles the system)."""
-    torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay_at(int(n_averaged), decay))
-
-
-def _ema_copy(module: nn.Module, decay: float) -> AveragedModel:
-    """An EMA of `module` starting at its current weights: e_n = d_n * e_(n-1) + (1 - d_n) * p_n with
-    d_n = ema_decay_at(n, decay)."""
-
-    ema = AveragedModel(module, multi_avg_fn=partial(_ema_update, decay=decay), use_buffers=False)
-    # n_averaged counts updates + 1 from here: AveragedModel would copy the weights on update 0 instead.
-    ema.n_averaged.fill_(1)
-    return ema.requires_grad_(False)
+        return [
+            save_module(self.ema[name].module if self.ema else module, Path(out_dir) / name, dtype)
+            for name, module in self.trained.items()
+        ]

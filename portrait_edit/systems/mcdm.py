@@ -9,22 +9,21 @@ Condition dropout (p = 0.2 over the 7 condition subsets) happens in `MCDMConditi
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import UniPCMultistepScheduler
 from lightning.pytorch.utilities import rank_zero_only
-from torch import nn
 
+from portrait_edit.data.shard_writer import atomic_write_bytes
 from portrait_edit.diffusion.conditions import swap_mask
 from portrait_edit.diffusion.masks import MASK_AT
 from portrait_edit.diffusion.noise import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS
 from portrait_edit.models.editor import MCDMEditor
+from portrait_edit.models.export import replace_folder, save_module
 from portrait_edit.models.mcdm import MCDMConditioning
 from portrait_edit.systems.diffusion import DiffusionSystem
 
@@ -202,21 +201,12 @@ class MCDMSystem(DiffusionSystem):
         frozen = {"vae": self.vae, "text_encoder": c.text_encoder, "tokenizer": c.tokenizer}
         if c.use_image:
             frozen["image_encoder"] = c.image_encoder
-        for name, part in frozen.items():
-            tmp = out / f".{name}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
+        for name, part in frozen.items():  # stored in the export dtype, like the trained parts
             if name == "tokenizer":
-                part.save_pretrained(tmp)
-            else:  # stored in the export dtype, like the trained parts
-                nn.Module.to(copy.deepcopy(part), dtype=dtype).save_pretrained(tmp, safe_serialization=True)
-            shutil.rmtree(out / name, ignore_errors=True)
-            tmp.rename(out / name)
-        scheduler = UniPCMultistepScheduler(**SCHEDULER)
-        tmp = out / ".scheduler.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        scheduler.save_pretrained(tmp)
-        shutil.rmtree(out / "scheduler", ignore_errors=True)
-        tmp.rename(out / "scheduler")
+                replace_folder(out / name, part.save_pretrained)
+            else:
+                save_module(part, out / name, dtype)
+        replace_folder(out / "scheduler", UniPCMultistepScheduler(**SCHEDULER).save_pretrained)
         settings = {
             "base": self.hparams.base,
             "use_spatial": c.use_spatial,
@@ -233,7 +223,5 @@ class MCDMSystem(DiffusionSystem):
             "scheduler": "UniPC",
             "num_inference_steps": 20,
         }
-        tmp = out / ".mcdm.json.tmp"
-        tmp.write_text(json.dumps(settings, indent=2) + "\n")
-        tmp.rename(out / "mcdm.json")
+        atomic_write_bytes(out / "mcdm.json", (json.dumps(settings, indent=2) + "\n").encode())
         return written
