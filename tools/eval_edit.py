@@ -3,6 +3,7 @@ shipped mini MCDM in several directions, each edit's mask compared with the exac
 knows, and with a DiffEdit-style mask from the mini base model.
 
     python tools/eval_edit.py [--inputs 100] [--directions santa royal angry laughing] [--out docs/results]
+        [--mcdm outputs/mini/mcdm_world_pairs]
 
 Per (input, direction), from the held-out seed stream (disjoint from every training stream):
 - mask IoU against the true edit region: ours (the MCDM's own mask, lambda per task) and DiffEdit-style
@@ -50,7 +51,7 @@ def tensor(images: list[np.ndarray]) -> torch.Tensor:
 
 def evaluate(args: argparse.Namespace) -> dict:
     mini = Path(args.mini)
-    editor = MCDMEditor.from_pretrained(mini / "mcdm")
+    editor = MCDMEditor.from_pretrained(args.mcdm or mini / "mcdm")
     base = load_components(
         str(mini), parts=("vae", "unet", "text_encoder", "tokenizer"), torch_dtype=torch.float32
     )
@@ -123,6 +124,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mini", default=str(DATA_DIR / "mini"), help="the shipped mini models")
+    parser.add_argument("--mcdm", help="an exported MCDM to evaluate instead of <mini>/mcdm (an ablation's)")
     parser.add_argument("--inputs", type=int, default=100)
     parser.add_argument("--directions", nargs="+", default=["santa", "royal", "angry", "laughing"])
     parser.add_argument("--batch", type=int, default=20)
