@@ -31,6 +31,7 @@ from transformers import (
 )
 
 from portrait_edit import paths
+from portrait_edit.models.export import replace_folder
 
 TEXT_PROJECTION = "text_projection.safetensors"
 
@@ -95,22 +96,32 @@ def export_clip(
         the three folders by name.
     """
     out = Path(out_dir)
-    text = copy.deepcopy(text_encoder_of(model)).eval()
-    image = image_encoder_of(model)
-    folders = {name: out / name for name in ("text_encoder", "image_encoder", "tokenizer")}
-    torch.nn.Module.to(text, dtype).save_pretrained(folders["text_encoder"], safe_serialization=True)
-    torch.nn.Module.to(image, dtype).save_pretrained(folders["image_encoder"], safe_serialization=True)
     size = model.config.vision_config.image_size
     # uint8 -> [-1, 1]: rescale by 1/255, then (x - 0.5) / 0.5; no resize or crop beyond the trained size.
-    CLIPImageProcessor(
+    processor = CLIPImageProcessor(
         size={"shortest_edge": size},
         crop_size={"height": size, "width": size},
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
-    ).save_pretrained(folders["image_encoder"])
-    tokenizer.save_pretrained(folders["tokenizer"])
+    )
     projection = {"weight": model.text_projection.weight.detach().to("cpu", dtype).contiguous()}
-    save_file(projection, str(folders["text_encoder"] / TEXT_PROJECTION))
+    text = torch.nn.Module.to(copy.deepcopy(text_encoder_of(model)).eval(), dtype)
+    image = torch.nn.Module.to(image_encoder_of(model), dtype)
+
+    def write_text(tmp: Path) -> None:
+        text.save_pretrained(tmp, safe_serialization=True)
+        save_file(projection, str(tmp / TEXT_PROJECTION))
+
+    def write_image(tmp: Path) -> None:
+        image.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+
+    # Each folder is swapped in whole (models/export.py): a reader never sees half an encoder.
+    folders = {
+        "text_encoder": replace_folder(out / "text_encoder", write_text),
+        "image_encoder": replace_folder(out / "image_encoder", write_image),
+        "tokenizer": replace_folder(out / "tokenizer", tokenizer.save_pretrained),
+    }
     return folders
 
 

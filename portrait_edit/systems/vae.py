@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from portrait_edit import paths
 from portrait_edit.data.keypoints import face_gaussian, face_weights
 from portrait_edit.metrics.psnr import psnr_per_image
+from portrait_edit.models.export import replace_folder
 from portrait_edit.systems.schedules import one_cycle
 
 log = logging.getLogger(__name__)
@@ -221,8 +222,9 @@ class VAESystem(LightningModule):
         vae = copy.deepcopy(self.vae).cpu().eval()
         vae.register_to_config(scaling_factor=float(self.scaling_factor))
         vae = torch.nn.Module.to(vae, dtype)  # ModelMixin.to warns about fp32 modules; see components
-        target = Path(out_dir) / "vae"
-        vae.save_pretrained(target, safe_serialization=True)
+        target = replace_folder(
+            Path(out_dir) / "vae", lambda tmp: vae.save_pretrained(tmp, safe_serialization=True)
+        )
         log.info("exported the VAE to %s (scaling_factor %.5f)", target, float(self.scaling_factor))
         return target
 
