@@ -14,6 +14,7 @@ from transformers import CLIPTextModel, CLIPVisionModelWithProjection
 
 from portrait_edit import paths
 from portrait_edit.models import components as C
+from portrait_edit.models import parts as P
 from portrait_edit.models.sources import preset_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,7 +128,7 @@ def test_tiny_forward_shapes(tiny_sd):
 
 
 def test_mini_random_when_not_shipped(no_shipped_mini, caplog):
-    with caplog.at_level(logging.WARNING, logger=C.__name__):
+    with caplog.at_level(logging.WARNING, logger=P.__name__):
         sd = C.load_components("mini", parts=("vae", "unet", "text_encoder", "image_encoder", "controlnet"))
     assert sum("RANDOM weights" in r.message for r in caplog.records) == 5
     counts = {name: n_params(getattr(sd, name)) for name in MODEL_PARTS}
@@ -164,7 +165,7 @@ def test_mini_loads_shipped_weights(tmp_path, monkeypatch, caplog):
     vae, text = C.load_vae("mini", seed=11), C.load_text_encoder("mini", seed=12)
     vae.save_pretrained(tmp_path / "mini" / "vae")
     text.save_pretrained(tmp_path / "mini" / "text_encoder")
-    with caplog.at_level(logging.WARNING, logger=C.__name__):
+    with caplog.at_level(logging.WARNING, logger=P.__name__):
         caplog.clear()
         assert_same_weights(C.load_vae("mini", seed=0), vae)
         assert_same_weights(C.load_text_encoder("mini", seed=0), text)
@@ -366,9 +367,9 @@ def test_sd15_ldm_key_layout_on_meta_device():
     # 197 text-encoder tensors); only the names matter here, so nothing is allocated.
     export = _tool("export_single_file")
     with torch.device("meta"):
-        unet = C._from_config(C._PARTS["unet"], paths.PRESETS_DIR / "sd15" / "unet", 0)
-        vae = C._from_config(C._PARTS["vae"], paths.PRESETS_DIR / "sd15" / "vae", 0)
-        text = C._from_config(C._PARTS["text_encoder"], paths.PRESETS_DIR / "sd15" / "text_encoder", 0)
+        unet = P._from_config(P.MODEL_PARTS["unet"], paths.PRESETS_DIR / "sd15" / "unet", 0)
+        vae = P._from_config(P.MODEL_PARTS["vae"], paths.PRESETS_DIR / "sd15" / "vae", 0)
+        text = P._from_config(P.MODEL_PARTS["text_encoder"], paths.PRESETS_DIR / "sd15" / "text_encoder", 0)
     unet_keys, vae_keys = export.unet_to_ldm(unet), export.vae_to_ldm(vae)
     assert (len(unet_keys), len(vae_keys), len(export.text_encoder_to_ldm(text))) == (686, 248, 197)
     assert unet_keys["model.diffusion_model.output_blocks.2.1.conv.weight"].shape == (1280, 1280, 3, 3)

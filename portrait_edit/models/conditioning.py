@@ -23,7 +23,8 @@ import torch
 from diffusers import ControlNetModel
 from torch import nn
 
-from portrait_edit.models.components import SDComponents, load_model
+from portrait_edit.models.components import SDComponents
+from portrait_edit.models.parts import load_model
 
 Batch = dict[str, Any]
 

@@ -1,6 +1,7 @@
 """Where a model source string points: a preset, a single SD checkpoint, a local folder or a hub id.
 
-Shared by every loader in `components.py` (the rules are in its module docstring).
+Shared by the part loaders in `parts.py` and the tokenizer and scheduler loaders in `components.py` (the
+rules are in the docstring of `parts.py`).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ class DiffusionSystem(LightningModule):
 
     Args:
         base: source of the VAE, UNet, text encoder and tokenizer (a preset such as `mini`, a local
-            diffusers folder, a single SD checkpoint or a hub id; see models/components.py).
+            diffusers folder, a single SD checkpoint or a hub id; see models/parts.py).
         conditioning: how a batch becomes the UNet's inputs (a class_path such as
             portrait_edit.models.conditioning.PoseControlConditioning); None: TextConditioning() (not a
             lazy_instance: that one object would be shared, and bound, by every system built in-process).
