@@ -3,6 +3,7 @@
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from portrait_edit.data.pose_bank import world_pose_bank
 from portrait_edit.diffusion.composable import composable_eps, source_alone_eps
 from portrait_edit.diffusion.edm import edm_sample, eps_denoiser, karras_sigmas
 from portrait_edit.models.identity_encoder import IdentityEncoder, IdentityEncoderConfig
+from portrait_edit.models.pair_generator import edit_mask_blend
 from portrait_edit.systems.pair_generation import PairGenerationSystem
 from portrait_edit.world.openpose import draw_pose_pair
 
@@ -276,3 +278,57 @@ def test_source_alone_draws_the_left_half_as_a_plain_sample_of_p_a_that_the_righ
     assert (other_b[..., SIZE // 2 :] - pair[..., SIZE // 2 :]).abs().mean() > 1e-3
     other_a = sample(states | {"p_a": states["p_a"].flip(0)}, noise)  # x_B sees x_A (most near the seam)
     assert (other_a[..., SIZE // 2 :] - pair[..., SIZE // 2 :]).abs().amax() > 1e-3
+
+
+def test_edit_mask_blend_keeps_the_left_half_outside_the_mask_of_the_prompts_effect():
+    from torchvision.transforms.functional import gaussian_blur
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 8, 16, dtype=torch.float64)
+    effect = 0.2 * torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    effect[..., 2:5, 3:6] += 3.0  # p_b changes a block of the right half most
+    thresholds = torch.tensor([0.2, 0.5])
+    got = edit_mask_blend(x, effect.abs().mean(dim=1), thresholds)
+    # reference: torchvision's Gaussian blur (kernel 5, its default sigma) of the min-max normalised map
+    diff = effect.abs().mean(dim=1)
+    low, high = diff.amin(dim=(1, 2), keepdim=True), diff.amax(dim=(1, 2), keepdim=True)
+    soft = gaussian_blur(((diff - low) / (high - low))[:, None].float(), [5, 5])[:, 0]
+    keep = soft > thresholds[:, None, None]
+    assert 0 < keep[0].sum() < 64 and keep[1].sum() < keep[0].sum()
+    assert torch.equal(got[..., :8], x[..., :8])
+    right = got[..., 8:].permute(0, 2, 3, 1)  # (B, h, w, C): rows picked by the (B, h, w) mask
+    assert torch.equal(right[keep], x[..., 8:].permute(0, 2, 3, 1)[keep])
+    assert torch.equal(right[~keep], x[..., :8].permute(0, 2, 3, 1)[~keep])
+
+
+def test_edit_mask_generation_is_the_plain_pair_with_a_full_mask_and_two_equal_halves_with_none(assets):
+    s = system(assets, steps=3, source_alone=True, twin_noise=True, edit_mask=0.35)
+    gen, batch = s.generator, jobs(assets, 2)
+    identity = gen.identity(torch.stack([s.face(j["identity_source"]) for j in batch]))
+    states = gen.text_states({n: [j[n] for j in batch] for n in ("p", "p_a", "p_b")}, identity)
+    c = gen.unet.config.in_channels
+    noise = torch.randn(2, c, SIZE // 2, SIZE, generator=torch.Generator().manual_seed(0))
+    decode = gen.vae.decode
+    gen.vae.decode = lambda z: SimpleNamespace(sample=z / 500)  # latents, inside the clamp to [-1, 1]
+
+    def draw(thresholds):
+        return gen.generate(
+            states, noise, [torch.Generator().manual_seed(i) for i in range(2)], None, thresholds
+        )
+
+    plain, half = draw(None), SIZE // 2
+    assert torch.equal(draw(torch.tensor([-1.0, -1.0])), plain)  # M everywhere: nothing kept
+    same = draw(torch.tensor([1.0, 1.0]))  # M nowhere: x_B is x_A
+    assert torch.equal(same[..., :half], same[..., half:])
+    assert torch.equal(same[..., :half], plain[..., :half])
+    masked = draw(torch.tensor([0.35, 0.35]))
+    kept = (masked[..., half:] == masked[..., :half]).all(dim=1)  # latent cells where x_B is x_A
+    assert 0 < kept.float().mean() < 1
+    assert torch.equal(masked[..., :half], plain[..., :half])  # x_A is drawn alone: the mask never moves it
+    # blended at every step, not only at the end: inside the mask x_B moved from the plain pair's too
+    edited = ~kept[:, None].expand_as(plain[..., half:])
+    assert (masked[..., half:][edited] - plain[..., half:][edited]).abs().mean() > 1e-4
+    gen.vae.decode = decode
+    assert s.predict_step(batch, 0)[0]["json"]["scales"]["edit_mask"] == 0.35
+    with pytest.raises(ValueError, match="needs twin_noise and source_alone"):
+        system(assets, steps=3, source_alone=True, edit_mask=0.35).predict_step(batch, 0)

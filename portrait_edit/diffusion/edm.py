@@ -105,6 +105,7 @@ def edm_sample(
     s_noise: float = 1.0,
     heun: bool = True,
     noise_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    on_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Algorithm 2 of Karras et al. 2022: x_0 from standard-normal `noise` scaled to sigmas[0].
 
@@ -117,6 +118,8 @@ def edm_sample(
         s_churn, s_tmin, s_tmax, s_noise: the stochasticity settings (S_churn = 0: deterministic Heun).
         heun: apply the second-order correction (2 evaluations a step except the last; False: Euler).
         noise_map: applied to every churn noise as it is drawn (e.g. `twin_halves`); None: as drawn.
+        on_step: called as x = on_step(i, x) before step i's evaluations, with x at sigmas[i]; what it
+            returns goes on (the pair generator's edit mask blends the canvas's halves there).
 
     Returns:
         the sample at sigma = 0, shape of noise.
@@ -125,6 +128,8 @@ def edm_sample(
     x = noise * float(sigmas[0])
     batch = noise.shape[0]
     for i in range(steps):
+        if on_step is not None:
+            x = on_step(i, x)
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         gamma = churn_gamma(sigma, steps, s_churn, s_tmin, s_tmax)
         sigma_hat = sigma * (1.0 + gamma)

@@ -9,6 +9,11 @@ show that person. Sampling is the stochastic Karras (EDM) sampler (diffusion/edm
 Every evaluation of the model is ONE batched UNet (+ ControlNet) call over the 4 branches
 (`branch_eps`), and each sample's noise comes from its own generator, so a pair depends on its seed
 alone, not on its batch.
+
+Past the paper, `generate(..., mask_thresholds=...)` confines the edit: with twin noise and the source
+drawn alone, the right half is set back to the left half's latent, before every step, outside a mask of
+where p_b's prediction differs from p_a's on the right half (the editing mask of diffusion/masks.py, read
+from the sampling run itself and averaged over its steps), so x_B differs from x_A where the edit acts.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from portrait_edit.diffusion.composable import (
     stack_branches,
 )
 from portrait_edit.diffusion.edm import edm_sample, eps_denoiser, karras_sigmas, twin_halves, vp_sigmas
+from portrait_edit.diffusion.masks import blur, normalise
 from portrait_edit.diffusion.noise import alphas_cumprod_from_betas, scaled_linear_betas
 from portrait_edit.models.identity_encoder import IdentityEncoder, encode_identity
 from portrait_edit.models.token_splice import encode_prompts_with_identity
@@ -143,6 +149,7 @@ class PairGenerator(nn.Module):
         timesteps: torch.Tensor,
         states: dict[str, torch.Tensor],
         pose: torch.Tensor | None,
+        prompt_effect: dict | None = None,
     ) -> torch.Tensor:
         """eps_bar (B, C, h, 2w) of Eq. 2 from ONE batched call over the 4 branches (source_alone: one call
         over the canvas's null, p and p_b branches and one over the left half's null and p_a); without the p
@@ -153,12 +160,19 @@ class PairGenerator(nn.Module):
             timesteps: float (B,) (fractional SD timesteps).
             states: `text_states` output.
             pose: the pose drawn on both halves, float (B, 3, H, 2W) in [0, 1], or None.
+            prompt_effect: given (source_alone), the canvas call also has a p_a row and this dict gets
+                "effect": e(p_b) - e(p_a) on the right half (B, C, h, w), what the edit changes there.
         """
         # With s_d = 0, Eq. 2 weighs e~(p) by zero: its rows are left out of the call (e(p) := e(null)).
         canvas = ("null", "p", "p_b") if self.source_alone else BRANCHES
         if self.settings["s_d"] == 0:
             canvas = tuple(name for name in canvas if name != "p")
+        if prompt_effect is not None:
+            canvas += ("p_a",)
         e = self.unet_branches(x_vp, timesteps, states, pose, canvas)
+        if prompt_effect is not None:
+            half = x_vp.shape[-1] // 2
+            prompt_effect["effect"] = (e["p_b"] - e["p_a"])[..., half:]
         e_p = e.get("p", e["null"])
         if not self.source_alone:
             return composable_eps(e["null"], e_p, e["p_a"], e["p_b"], **self.settings)
@@ -198,6 +212,7 @@ class PairGenerator(nn.Module):
         noise: torch.Tensor,
         generators: list[torch.Generator],
         pose: torch.Tensor | None = None,
+        mask_thresholds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Canvas images float (B, 3, H, 2W) in [-1, 1].
 
@@ -206,11 +221,53 @@ class PairGenerator(nn.Module):
             noise: standard normal canvas latents (B, C, h, 2w), float32, one per sample's own generator.
             generators: per-sample generators for the sampler's churn noise.
             pose: float (B, 3, H, 2W) in [0, 1] (the pose drawn on both halves) or None.
+            mask_thresholds: float (B,) or None. Given (an option past the paper), the right half keeps the
+                left half's latent outside a mask of where p_b's prediction differs from p_a's on the right
+                half (`edit_mask_blend`, the map averaged over the steps so far), applied before every step
+                but the first and once more to the result. Needs twin_noise and source_alone; one more UNet
+                row per evaluation (p_a on the canvas).
         """
-        denoise = eps_denoiser(lambda x, t: self.branch_eps(x, t, states, pose), self.table)
+        if mask_thresholds is not None and not (self.twin_noise and self.source_alone):
+            raise ValueError(
+                "mask_thresholds needs twin_noise and source_alone (the halves share their noise)"
+            )
+        last, maps = {}, []
+
+        def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.branch_eps(x, t, states, pose, None if mask_thresholds is None else last)
+
+        def at_step(i: int, x: torch.Tensor) -> torch.Tensor:
+            if mask_thresholds is None or "effect" not in last:
+                return x
+            maps.append(normalise(last["effect"].abs().float().mean(dim=1)))
+            return edit_mask_blend(x, torch.stack(maps).mean(dim=0), mask_thresholds)
+
         sigmas = karras_sigmas(self.steps, float(self.table[0]), float(self.table[-1]))
         tie = twin_halves if self.twin_noise else None
         noise = noise.double() if tie is None else tie(noise.double())
-        latents = edm_sample(denoise, noise, sigmas, generators, **self.sampler, noise_map=tie)
+        latents = edm_sample(
+            eps_denoiser(eps, self.table), noise, sigmas, generators, **self.sampler, noise_map=tie,
+            on_step=at_step,
+        )  # fmt: skip
+        if mask_thresholds is not None:
+            maps.append(normalise(last["effect"].abs().float().mean(dim=1)))
+            latents = edit_mask_blend(latents, torch.stack(maps).mean(dim=0), mask_thresholds)
         latents = (latents / self.vae.config.scaling_factor).to(self.vae.dtype)
         return self.vae.decode(latents).sample.float().clamp(-1, 1)
+
+
+def edit_mask_blend(x: torch.Tensor, effect: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """The canvas x (B, C, h, 2w) with its right half set to its left half outside the edit mask
+    M = blur(normalise(effect)) > threshold, per row: the mask of diffusion/masks.py.
+
+    Args:
+        x: canvas latents whose halves share their noise (twin noise).
+        effect: float (B, h, w), where the edit acts on the right half: the mean over the steps so far of
+            the normalised channel-mean |e(p_b) - e(p_a)| (`branch_eps`'s prompt_effect).
+        thresholds: float (B,), the mask's lambda per row.
+    """
+    half = x.shape[-1] // 2
+    soft = blur(normalise(effect.float()))
+    keep = (soft > thresholds.to(soft)[:, None, None]).to(x.dtype)[:, None]
+    left, right = x[..., :half], x[..., half:]
+    return torch.cat([left, right * keep + left * (1 - keep)], dim=-1)

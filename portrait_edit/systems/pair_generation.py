@@ -42,6 +42,10 @@ class PairGenerationSystem(LightningModule):
     image_size: side H = W of each half (512 at SD 1.5, 64 mini).
     steps, guidance, s_d, s_a, s_b, s_churn, s_tmin, s_tmax, s_noise, twin_noise, source_alone: sampling
         (PairGenerator).
+    edit_mask: lambda (one, or {task: lambda}) of a mask of where p_b's prediction differs from p_a's on
+        the right half; outside it the right half keeps the left half's latent at every step
+        (PairGenerator.generate's mask_thresholds; needs twin_noise and source_alone). None (the paper):
+        no mask.
     use_pose: condition on the pose (False: the "no pose" ablation, no ControlNet).
     use_identity: splice c_id into the prompts (False: the "no identity" ablation).
     min_identity_similarity: drop pairs whose left / right identity similarity (cosine of their c_id,
@@ -70,6 +74,7 @@ class PairGenerationSystem(LightningModule):
         s_noise: float = 1.007,
         twin_noise: bool = False,
         source_alone: bool = False,
+        edit_mask: float | dict[str, float] | None = None,
         use_pose: bool = True,
         use_identity: bool = True,
         min_identity_similarity: float | None = None,
@@ -146,7 +151,11 @@ class PairGenerationSystem(LightningModule):
         churn = [
             torch.Generator(self.device).manual_seed(sample_seed(job["seed"] % 2**31, 1)) for job in batch
         ]
-        canvas = gen.generate(states, noise, churn, pose)
+        thresholds = None
+        if self.hparams.edit_mask is not None:
+            lam = self.hparams.edit_mask
+            thresholds = torch.tensor([lam[job["task"]] if isinstance(lam, dict) else lam for job in batch])
+        canvas = gen.generate(states, noise, churn, pose, thresholds)
         similarity = [None] * len(batch)
         if self.hparams.use_identity:
             left, right = (gen.identity(half).flatten(1) for half in canvas.split(size, dim=-1))
@@ -165,7 +174,7 @@ class PairGenerationSystem(LightningModule):
             "description": job.get("description"),
             "scales": {"guidance": h.guidance, "s_d": h.s_d, "s_a": h.s_a, "s_b": h.s_b, "steps": h.steps,
                        "s_churn": h.s_churn, "s_tmin": h.s_tmin, "s_tmax": h.s_tmax, "s_noise": h.s_noise,
-                       "twin_noise": h.twin_noise, "source_alone": h.source_alone},
+                       "twin_noise": h.twin_noise, "source_alone": h.source_alone, "edit_mask": h.edit_mask},
             "ablations": {"pose": h.use_pose, "identity": h.use_identity},
             "keypoints": np.round(keypoints, 3).tolist(),
             "identity_similarity": None if similarity is None else round(similarity, 5),
