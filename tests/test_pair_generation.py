@@ -331,4 +331,7 @@ def test_edit_mask_generation_is_the_plain_pair_with_a_full_mask_and_two_equal_h
     gen.vae.decode = decode
     assert s.predict_step(batch, 0)[0]["json"]["scales"]["edit_mask"] == 0.35
     with pytest.raises(ValueError, match="needs twin_noise and source_alone"):
-        system(assets, steps=3, source_alone=True, edit_mask=0.35).predict_step(batch, 0)
+        system(assets, steps=3, source_alone=True, edit_mask=0.35)
+    with pytest.raises(ValueError, match="no lambda for task"):
+        s.hparams.edit_mask = {"costume": 0.2}
+        s.predict_step(jobs(assets, 2, task="expression"), 0)

@@ -24,7 +24,6 @@ import os
 import shutil
 import sys
 import tarfile
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ import yaml
 from tqdm import tqdm
 
 from portrait_edit.data.images import decode_image, to_tensor
-from portrait_edit.data.shard_pipeline import _split_member, resolve_shards
+from portrait_edit.data.shard_pipeline import read_shard_samples, resolve_shards
 from portrait_edit.data.shard_writer import atomic_write_json
 from portrait_edit.models.components import load_components
 from portrait_edit.models.mcdm import MCDMConditioning
@@ -58,17 +57,6 @@ def conditioning_from_config(config: str) -> tuple[MCDMConditioning, dict]:
     return conditioning.eval(), settings
 
 
-def read_samples(url: str) -> OrderedDict[str, dict[str, bytes]]:
-    """{key: {field: bytes}} of a tar, in file order."""
-    samples: OrderedDict[str, dict[str, bytes]] = OrderedDict()
-    with tarfile.open(url, "r:") as tar:
-        for member in tar:
-            if member.isreg():
-                key, field = _split_member(member.name)
-                samples.setdefault(key, {})[field] = tar.extractfile(member).read()
-    return samples
-
-
 def npy_bytes(array: torch.Tensor, dtype: torch.dtype) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array.to(dtype).numpy(), allow_pickle=False)
@@ -87,10 +75,10 @@ def cache_shard(
     samples skipped as corrupt)."""
     dest = dest or url
     exists = Path(dest).is_file()
-    written = read_samples(dest) if exists else {}
+    written = read_shard_samples(dest) if exists else {}
     if exists and all(all(f in fields for f in FIELDS) for fields in written.values()):
         return 0, 0
-    samples = written if dest == url else read_samples(url)
+    samples = written if dest == url else read_shard_samples(url)
     keys, sources, targets, bad = [], [], [], 0
     for key, fields in samples.items():
         try:

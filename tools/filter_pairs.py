@@ -35,23 +35,12 @@ import torch
 from tqdm import tqdm
 
 from portrait_edit.data.images import decode_image, to_tensor
-from portrait_edit.data.shard_pipeline import _split_member, resolve_shards
+from portrait_edit.data.shard_pipeline import read_shard_samples, resolve_shards
 from portrait_edit.data.shard_writer import ShardWriter, atomic_write_json, completed_shards
 from portrait_edit.metrics.image import ssim
 
 CRITERIA = ("identity", "ssim")
 FILTER_FILE = "filter.json"
-
-
-def read_shard(url: str) -> dict[str, dict[str, bytes]]:
-    """A shard's samples, {key: {field: bytes}}, in member order."""
-    samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(url, "r:") as tar:
-        for member in tar:
-            key, field = _split_member(member.name)
-            if member.isreg() and field:
-                samples.setdefault(key, {})[field] = tar.extractfile(member).read()
-    return samples
 
 
 def score_shard(samples: dict[str, dict[str, bytes]]) -> dict[str, tuple[str, float | None, float] | str]:
@@ -140,7 +129,7 @@ def filter_pairs(sources: list[str], out: str, keep: float = 0.5, by: tuple[str,
     keys: list[list[str]] = []  # each shard's keys in member order
     for n, url in enumerate(tqdm(urls, desc="scoring pairs", unit="shard")):
         try:
-            shard_scores = score_shard(read_shard(url))
+            shard_scores = score_shard(read_shard_samples(url))
         except (OSError, tarfile.TarError) as exc:
             raise ValueError(f"cannot read shard {url} ({exc}); regenerate it or leave it out") from exc
         keys.append(list(shard_scores))
@@ -157,7 +146,7 @@ def filter_pairs(sources: list[str], out: str, keep: float = 0.5, by: tuple[str,
     done = completed_shards(out, "pairs")
     origin, index = {}, 0
     for n, url in enumerate(tqdm(urls, desc="writing", unit="shard")):
-        samples = read_shard(url) if n not in done else {}
+        samples = read_shard_samples(url) if n not in done else {}
         for key in keys[n]:
             new_key = f"{index:09d}"
             if (n, key) in kept:

@@ -81,6 +81,17 @@ def _split_member(name: str) -> tuple[str, str]:
     return os.path.join(head, key) if head else key, field
 
 
+def read_shard_samples(url: str) -> dict[str, dict[str, bytes]]:
+    """{key: {field: bytes}} of one shard, in member order (tools that rewrite or filter shards)."""
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(url, "r:") as tar:
+        for member in tar:
+            key, field = _split_member(member.name)
+            if member.isreg() and field:
+                samples.setdefault(key, {})[field] = tar.extractfile(member).read()
+    return samples
+
+
 def split_by_rank(src: Iterable[Any], rank: int, world_size: int) -> Iterator[Any]:
     """Node splitter: every world_size-th shard starting at rank. Rank is explicit, never read from env."""
     yield from islice(src, rank, None, world_size)

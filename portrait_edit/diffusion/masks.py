@@ -64,12 +64,21 @@ def blur(maps: torch.Tensor, kernel_size: int = 5, sigma: float | None = None) -
     return x[:, 0]
 
 
+def cut_mask(
+    difference: torch.Tensor, threshold: float | torch.Tensor, kernel_size: int = 5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """M = blur(normalise(difference)) > threshold and the soft map, both float (B, h, w) (M in {0, 1});
+    threshold: one lambda, or one per row (B,)."""
+    soft = blur(normalise(difference.float()), kernel_size)
+    lam = torch.as_tensor(threshold, dtype=soft.dtype, device=soft.device)
+    return (soft > (lam[:, None, None] if lam.ndim else lam)).float(), soft
+
+
 def edit_mask(
     pred_a: torch.Tensor, pred_b: torch.Tensor, seeds: int, threshold: float, kernel_size: int = 5
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The binary mask M and the soft map it was cut from, both float (B, h, w) (M in {0, 1})."""
-    soft = blur(normalise(prediction_difference(pred_a, pred_b, seeds)), kernel_size)
-    return (soft > threshold).float(), soft
+    return cut_mask(prediction_difference(pred_a, pred_b, seeds), threshold, kernel_size)
 
 
 def combine(eps_a: torch.Tensor, eps_b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

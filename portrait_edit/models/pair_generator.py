@@ -31,7 +31,7 @@ from portrait_edit.diffusion.composable import (
     stack_branches,
 )
 from portrait_edit.diffusion.edm import edm_sample, eps_denoiser, karras_sigmas, twin_halves, vp_sigmas
-from portrait_edit.diffusion.masks import blur, normalise
+from portrait_edit.diffusion.masks import cut_mask, normalise, prediction_difference
 from portrait_edit.diffusion.noise import alphas_cumprod_from_betas, scaled_linear_betas
 from portrait_edit.models.identity_encoder import IdentityEncoder, encode_identity
 from portrait_edit.models.token_splice import encode_prompts_with_identity
@@ -161,7 +161,7 @@ class PairGenerator(nn.Module):
             states: `text_states` output.
             pose: the pose drawn on both halves, float (B, 3, H, 2W) in [0, 1], or None.
             prompt_effect: given (source_alone), the canvas call also has a p_a row and this dict gets
-                "effect": e(p_b) - e(p_a) on the right half (B, C, h, w), what the edit changes there.
+                "effect": channel-mean |e(p_b) - e(p_a)| on the right half (B, h, w), where the edit acts.
         """
         # With s_d = 0, Eq. 2 weighs e~(p) by zero: its rows are left out of the call (e(p) := e(null)).
         canvas = ("null", "p", "p_b") if self.source_alone else BRANCHES
@@ -172,7 +172,7 @@ class PairGenerator(nn.Module):
         e = self.unet_branches(x_vp, timesteps, states, pose, canvas)
         if prompt_effect is not None:
             half = x_vp.shape[-1] // 2
-            prompt_effect["effect"] = (e["p_b"] - e["p_a"])[..., half:]
+            prompt_effect["effect"] = prediction_difference(e["p_a"][..., half:], e["p_b"][..., half:], 1)
         e_p = e.get("p", e["null"])
         if not self.source_alone:
             return composable_eps(e["null"], e_p, e["p_a"], e["p_b"], **self.settings)
@@ -236,11 +236,12 @@ class PairGenerator(nn.Module):
         def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.branch_eps(x, t, states, pose, None if mask_thresholds is None else last)
 
-        def at_step(i: int, x: torch.Tensor) -> torch.Tensor:
-            if mask_thresholds is None or "effect" not in last:
-                return x
-            maps.append(normalise(last["effect"].abs().float().mean(dim=1)))
+        def blend(x: torch.Tensor) -> torch.Tensor:  # each step's map normalised: their scales differ
+            maps.append(normalise(last["effect"]))
             return edit_mask_blend(x, torch.stack(maps).mean(dim=0), mask_thresholds)
+
+        def at_step(i: int, x: torch.Tensor) -> torch.Tensor:
+            return x if mask_thresholds is None or "effect" not in last else blend(x)
 
         sigmas = karras_sigmas(self.steps, float(self.table[0]), float(self.table[-1]))
         tie = twin_halves if self.twin_noise else None
@@ -250,15 +251,14 @@ class PairGenerator(nn.Module):
             on_step=at_step,
         )  # fmt: skip
         if mask_thresholds is not None:
-            maps.append(normalise(last["effect"].abs().float().mean(dim=1)))
-            latents = edit_mask_blend(latents, torch.stack(maps).mean(dim=0), mask_thresholds)
+            latents = blend(latents)
         latents = (latents / self.vae.config.scaling_factor).to(self.vae.dtype)
         return self.vae.decode(latents).sample.float().clamp(-1, 1)
 
 
 def edit_mask_blend(x: torch.Tensor, effect: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """The canvas x (B, C, h, 2w) with its right half set to its left half outside the edit mask
-    M = blur(normalise(effect)) > threshold, per row: the mask of diffusion/masks.py.
+    M = `cut_mask`(effect, thresholds) (diffusion/masks.py: normalise, blur 5, > lambda per row).
 
     Args:
         x: canvas latents whose halves share their noise (twin noise).
@@ -267,7 +267,6 @@ def edit_mask_blend(x: torch.Tensor, effect: torch.Tensor, thresholds: torch.Ten
         thresholds: float (B,), the mask's lambda per row.
     """
     half = x.shape[-1] // 2
-    soft = blur(normalise(effect.float()))
-    keep = (soft > thresholds.to(soft)[:, None, None]).to(x.dtype)[:, None]
+    keep = cut_mask(effect, thresholds)[0].to(x.dtype)[:, None]
     left, right = x[..., :half], x[..., half:]
     return torch.cat([left, right * keep + left * (1 - keep)], dim=-1)

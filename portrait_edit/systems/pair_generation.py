@@ -84,6 +84,8 @@ class PairGenerationSystem(LightningModule):
         super().__init__()
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if edit_mask is not None and not (twin_noise and source_alone):
+            raise ValueError("edit_mask needs twin_noise and source_alone (the halves share their noise)")
         if min_identity_similarity is not None and not use_identity:
             raise ValueError("min_identity_similarity compares c_id of the halves: it needs use_identity")
         self.save_hyperparameters()
@@ -154,6 +156,10 @@ class PairGenerationSystem(LightningModule):
         thresholds = None
         if self.hparams.edit_mask is not None:
             lam = self.hparams.edit_mask
+            if isinstance(lam, dict) and (missing := {job["task"] for job in batch} - set(lam)):
+                raise ValueError(
+                    f"edit_mask has no lambda for task(s) {sorted(missing)}; add them to edit_mask"
+                )
             thresholds = torch.tensor([lam[job["task"]] if isinstance(lam, dict) else lam for job in batch])
         canvas = gen.generate(states, noise, churn, pose, thresholds)
         similarity = [None] * len(batch)
