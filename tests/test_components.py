@@ -127,6 +127,16 @@ def test_tiny_forward_shapes(tiny_sd):
     assert image_out.last_hidden_state.shape == (2, (32 // 2) ** 2 + 1, 32)
 
 
+def test_vae_roundtrip_is_diffusers_deterministic_forward(tiny_sd):
+    image = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1
+    trip = C.vae_roundtrip(tiny_sd.vae, image)
+    with torch.no_grad():  # AutoencoderKL.forward without sampling: decode(posterior mode)
+        reference = tiny_sd.vae(image.float(), sample_posterior=False).sample.clamp(-1, 1)
+    assert trip.dtype == torch.float64 and trip.shape == image.shape
+    torch.testing.assert_close(trip, reference.double())
+    assert trip.abs().max() <= 1
+
+
 def test_mini_random_when_not_shipped(no_shipped_mini, caplog):
     with caplog.at_level(logging.WARNING, logger=P.__name__):
         sd = C.load_components("mini", parts=("vae", "unet", "text_encoder", "image_encoder", "controlnet"))

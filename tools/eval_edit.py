@@ -10,9 +10,11 @@ Per (input, direction), from the held-out seed stream (disjoint from every train
   (the base text-to-image model's guided predictions under p_a / p_b, threshold 0.5), and the ceiling of
   any mask made at the latent grid (the best set of whole latent cells: the expressions' true regions
   cover 2-3% of the image, a few cells of the mini model's 16 x 16 grid);
-- preservation: SSIM to x_A outside the true region, with our mask and without a mask (same seed);
+- preservation: SSIM to x_A outside the true region, with our mask and without a mask (same seed), and
+  that of x_A's VAE round trip (what any editor working on the mini VAE's latents can keep at best);
 - fidelity: the share of edits the direction classifier reads as the direction; SSIM to the exact target
-  (both with and without the mask: the no-mask figures are the MCDM's own, 3-way guidance alone).
+  (both with and without the mask: the no-mask figures are the MCDM's own, 3-way guidance alone), and that
+  of x_A itself (no edit at all: the SSIM an edit must add to).
 Writes <out>/mini_edit.json, <out>/mini_edit.md and <out>/mini_edit.png (rows: input, true region, our
 mask, DiffEdit mask, edit with mask, edit without).
 """
@@ -35,7 +37,7 @@ from portrait_edit.data.prompts import prompts_for, task_for_direction
 from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_json
 from portrait_edit.data.world_images import LABELS
 from portrait_edit.metrics.image import grid_iou_ceiling, mask_iou, masked_ssim, ssim
-from portrait_edit.models.components import load_components, vae_scale_factor
+from portrait_edit.models.components import load_components, vae_roundtrip, vae_scale_factor
 from portrait_edit.models.conditioning import TextConditioning
 from portrait_edit.models.direction_classifier import DirectionClassifier
 from portrait_edit.models.editor import DiffEditMask, MCDMEditor
@@ -69,10 +71,12 @@ def evaluate(args: argparse.Namespace) -> dict:
             "iou_grid",
             "keep",
             "keep_nomask",
+            "keep_vae",
             "hit",
             "hit_nomask",
             "ssim_gt",
             "ssim_gt_nomask",
+            "ssim_gt_source",
         )
     }
     sheet = []
@@ -99,6 +103,8 @@ def evaluate(args: argparse.Namespace) -> dict:
             rows["iou_grid"] += grid_iou_ceiling(region, cell).tolist()
             rows["keep"] += masked_ssim(with_mask.images, src, outside).tolist()
             rows["keep_nomask"] += masked_ssim(without.images, src, outside).tolist()
+            rows["keep_vae"] += masked_ssim(vae_roundtrip(editor.vae, src), src, outside).tolist()
+            rows["ssim_gt_source"] += ssim(src, gt).tolist()
             for suffix, edits in (("", with_mask.images), ("_nomask", without.images)):
                 predicted = classifier.predict_directions(edits)
                 rows["hit" + suffix] += (predicted == LABELS.index(direction)).float().tolist()
@@ -143,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out / "mini_edit.json", result)
     names = {"iou": "mask IoU (ours)", "iou_diffedit": "mask IoU (DiffEdit-style)",
              "iou_grid": "mask IoU ceiling (latent grid)", "keep": "SSIM outside, mask",
-             "keep_nomask": "SSIM outside, no mask", "hit": "fidelity, mask", "hit_nomask": "fidelity, no mask",
-             "ssim_gt": "SSIM to exact target, mask", "ssim_gt_nomask": "SSIM to exact target, no mask"}  # fmt: skip
+             "keep_nomask": "SSIM outside, no mask", "keep_vae": "SSIM outside, VAE round trip of x_A",
+             "hit": "fidelity, mask", "hit_nomask": "fidelity, no mask", "ssim_gt": "SSIM to exact target, mask",
+             "ssim_gt_nomask": "SSIM to exact target, no mask", "ssim_gt_source": "SSIM to exact target, x_A"}  # fmt: skip
     lines = ["| direction | " + " | ".join(names.values()) + " |", "|---" * (len(names) + 1) + "|"]
     for direction, m in {**result["per_direction"], "all": result["overall"]}.items():
         lines.append(f"| {direction} | " + " | ".join(f"{m[k]:.3f}" for k in names) + " |")

@@ -45,6 +45,13 @@ def vae_scale_factor(vae: AutoencoderKL) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
+@torch.no_grad()
+def vae_roundtrip(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
+    """decode(encode mean) of images (B, 3, H, W) in [-1, 1], clamped to [-1, 1], in the images' dtype."""
+    latents = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mode()
+    return vae.decode(latents).sample.clamp(-1, 1).to(images)
+
+
 def load_unet(
     source: str,
     *,

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_only
 
-from portrait_edit.models.components import load_vae
+from portrait_edit.models.components import load_vae, vae_roundtrip
 from portrait_edit.models.direction_classifier import DirectionClassifier, DirectionClassifierConfig
 from portrait_edit.systems.schedules import one_cycle
 
@@ -132,11 +132,9 @@ class DirectionClassifierSystem(LightningModule):
             self._vae = (vae.requires_grad_(False).eval().to(self.device),)
         return self._vae[0]
 
-    @torch.no_grad()
     def roundtrip(self, images: torch.Tensor) -> torch.Tensor:
-        """VAE decode(encode mean) of images (B, 3, H, W) in [-1, 1], clamped to [-1, 1]."""
-        vae = self.vae()
-        return vae.decode(vae.encode(images.to(vae.dtype)).latent_dist.mode()).sample.clamp(-1, 1).to(images)
+        """The round trip (`vae_roundtrip`) of images (B, 3, H, W) in [-1, 1] through `roundtrip_vae`."""
+        return vae_roundtrip(self.vae(), images)
 
     def cached_roundtrips(self, images: torch.Tensor, indices: list[int]) -> torch.Tensor:
         """Round trips of the rows of `images` with dataset `indices`, each computed once (kept as uint8)."""
