@@ -160,14 +160,14 @@ class PairGenerator(nn.Module):
             timesteps: float (B,) (fractional SD timesteps).
             states: `text_states` output.
             pose: the pose drawn on both halves, float (B, 3, H, 2W) in [0, 1], or None.
-            prompt_effect: given (source_alone), the canvas call also has a p_a row and this dict gets
-                "effect": channel-mean |e(p_b) - e(p_a)| on the right half (B, h, w), where the edit acts.
+            prompt_effect: given, the canvas call has a p_a row (one more with source_alone) and this dict
+                gets "effect": channel-mean |e(p_b) - e(p_a)| on the right half (B, h, w), where the edit acts.
         """
         # With s_d = 0, Eq. 2 weighs e~(p) by zero: its rows are left out of the call (e(p) := e(null)).
         canvas = ("null", "p", "p_b") if self.source_alone else BRANCHES
         if self.settings["s_d"] == 0:
             canvas = tuple(name for name in canvas if name != "p")
-        if prompt_effect is not None:
+        if prompt_effect is not None and "p_a" not in canvas:
             canvas += ("p_a",)
         e = self.unet_branches(x_vp, timesteps, states, pose, canvas)
         if prompt_effect is not None:
