@@ -10,6 +10,7 @@ from lightning.pytorch import Trainer
 from PIL import Image
 
 from portrait_edit.data.edit_inputs import EditInputsDataModule
+from portrait_edit.data.images import to_uint8
 from portrait_edit.models.mcdm import MCDMConditioning
 from portrait_edit.systems.edit import EditSystem, EditWriter
 from portrait_edit.systems.mcdm import MCDMSystem
@@ -29,11 +30,11 @@ def model(tmp_path_factory):
     return folder
 
 
-def run(model, inputs, out, genders):
+def run(model, inputs, out, genders, **options):
     data = EditInputsDataModule(
         str(inputs), str(out), image_size=SIZE, batch_size=2, num_workers=0, genders=str(genders)
     )
-    system = EditSystem(str(model), directions=["santa", "angry"], steps=2, mask_seeds=2)
+    system = EditSystem(str(model), directions=["santa", "angry"], steps=2, mask_seeds=2, **options)
     Trainer(callbacks=[EditWriter(str(out))], **QUIET).predict(
         system, datamodule=data, return_predictions=False
     )
@@ -69,3 +70,23 @@ def test_edits_every_input_in_every_direction_and_reports_bad_files(model, tmp_p
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     assert json.loads((out / "report-r0.json").read_text())["edited"] == 0
     assert not list(out.rglob("*.tmp*"))
+
+
+def test_keep_source_reaches_the_editor_and_the_record(model, tmp_path):
+    inputs, out = tmp_path / "inputs", tmp_path / "edits"
+    inputs.mkdir()
+    pair = make_pair(3, "santa", size=SIZE)
+    Image.fromarray(pair.src).save(inputs / "person.png")
+    genders = tmp_path / "genders.json"
+    genders.write_text(json.dumps({"person": pair.gender}))
+    run(model, inputs, out, genders, keep_source=True)
+    assert json.loads((out / "person" / "edit.json").read_text())["keep_source"] is True
+    system = EditSystem(str(model), directions=["santa"], steps=2, mask_seeds=2)
+    source = torch.from_numpy(pair.src).permute(2, 0, 1)[None].float() / 127.5 - 1
+    p = pair.prompts
+    expected = system.editor.edit(source, [p["p_a"]], [p["p_b"]], steps=2, mask_seeds=2, keep_source=True)
+    got = np.asarray(Image.open(out / "person" / "santa.png")).astype(int)
+    want = np.asarray(Image.fromarray(to_uint8(expected.images[0]))).astype(int)
+    assert np.abs(got - want).max() <= 1
+    with pytest.raises(ValueError, match="use_mask"):
+        EditSystem(str(model), directions=["santa"], use_mask=False, keep_source=True)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer
+from torch.testing import assert_close
 
 from portrait_edit.data.eval_pairs import EvalPairsDataModule, WorldEvalDataset, collate_eval
 from portrait_edit.metrics.image import ssim
@@ -15,7 +16,7 @@ from portrait_edit.models.components import load_tokenizer
 from portrait_edit.models.direction_classifier import DirectionClassifier, DirectionClassifierConfig
 from portrait_edit.models.editor import MCDMEditor
 from portrait_edit.models.mcdm import MCDMConditioning
-from portrait_edit.models.methods import MethodSpec
+from portrait_edit.models.methods import MCDMMethod, MethodSpec
 from portrait_edit.systems.evaluation import EvaluationSystem
 from portrait_edit.systems.mcdm import MCDMSystem
 
@@ -171,3 +172,18 @@ def test_cached_items_resume_an_interrupted_run_and_follow_the_models(models, tm
     (models / "mcdm" / "mcdm.json").touch()  # a retrained export: a new modification time
     calls, _ = run(tmp_path / "a")
     assert calls == {"Ours": 2, "w/o Mask": 2}
+
+
+def test_an_mcdm_row_can_keep_the_source_outside_its_mask(models):
+    spec = MethodSpec("Ours + kept source", "mcdm", str(models / "mcdm"), keep_source=True, steps=2)
+    batch = collate_eval([WorldEvalDataset(1, DIRECTIONS, SIZE)[i] for i in range(2)])
+    got = MCDMMethod(spec)(
+        batch["source"], batch["p_a"], batch["p_b"], batch["seed"].tolist(), batch["direction"]
+    )
+    editor = MCDMEditor.from_pretrained(models / "mcdm")
+    for i, threshold in enumerate((0.2, 0.35)):  # santa, angry
+        expected = editor.edit(batch["source"][i : i + 1], batch["p_a"][i : i + 1], batch["p_b"][i : i + 1],
+                               threshold=threshold, steps=2, seed=[int(batch["seed"][i])], keep_source=True)  # fmt: skip
+        assert_close(got.images[i : i + 1], expected.images, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="keep_source"):
+        MethodSpec("w/o Mask", "mcdm", "m", use_mask=False, keep_source=True)

@@ -10,13 +10,15 @@ Per (input, direction), from the held-out seed stream (disjoint from every train
   (the base text-to-image model's guided predictions under p_a / p_b, threshold 0.5), and the ceiling of
   any mask made at the latent grid (the best set of whole latent cells: the expressions' true regions
   cover 2-3% of the image, a few cells of the mini model's 16 x 16 grid);
-- preservation: SSIM to x_A outside the true region, with our mask and without a mask (same seed), and
-  that of x_A's VAE round trip (what any editor working on the mini VAE's latents can keep at best);
+- preservation: SSIM to x_A outside the true region, with our mask, with our mask and x_A's latents kept
+  outside it (`keep_source`, past the paper) and without a mask (same seed); two references: x_A's VAE
+  round trip (what any editor on the mini VAE's latents can keep at best) and the exact target (what a
+  perfect edit keeps: SSIM's 11 x 11 window reaches across the region's border);
 - fidelity: the share of edits the direction classifier reads as the direction; SSIM to the exact target
   (both with and without the mask: the no-mask figures are the MCDM's own, 3-way guidance alone), and that
   of x_A itself (no edit at all: the SSIM an edit must add to).
 Writes <out>/mini_edit.json, <out>/mini_edit.md and <out>/mini_edit.png (rows: input, true region, our
-mask, DiffEdit mask, edit with mask, edit without).
+mask, DiffEdit mask, edit with mask, edit without, edit with mask and kept source).
 """
 
 from __future__ import annotations
@@ -71,11 +73,15 @@ def evaluate(args: argparse.Namespace) -> dict:
             "iou_grid",
             "keep",
             "keep_nomask",
+            "keep_kept",
             "keep_vae",
+            "keep_exact",
             "hit",
             "hit_nomask",
+            "hit_kept",
             "ssim_gt",
             "ssim_gt_nomask",
+            "ssim_gt_kept",
             "ssim_gt_source",
         )
     }
@@ -93,6 +99,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             p_a, p_b = [q["p_a"] for q in prompts], [q["p_b"] for q in prompts]
             with_mask = editor.edit(src, p_a, p_b, threshold=threshold, seed=args.seed)
             without = editor.edit(src, p_a, p_b, use_mask=False, seed=args.seed)
+            kept = editor.edit(src, p_a, p_b, threshold=threshold, keep_source=True, seed=args.seed)
             base_mask, _ = diffedit(src, p_a, p_b, seed=args.seed + 1)
             base_mask = torch.nn.functional.interpolate(base_mask[:, None], size=(64, 64), mode="nearest")[
                 :, 0
@@ -101,11 +108,15 @@ def evaluate(args: argparse.Namespace) -> dict:
             rows["iou"] += mask_iou(with_mask.masks, region).tolist()
             rows["iou_diffedit"] += mask_iou(base_mask, region).tolist()
             rows["iou_grid"] += grid_iou_ceiling(region, cell).tolist()
-            rows["keep"] += masked_ssim(with_mask.images, src, outside).tolist()
-            rows["keep_nomask"] += masked_ssim(without.images, src, outside).tolist()
             rows["keep_vae"] += masked_ssim(vae_roundtrip(editor.vae, src), src, outside).tolist()
+            rows["keep_exact"] += masked_ssim(gt, src, outside).tolist()
             rows["ssim_gt_source"] += ssim(src, gt).tolist()
-            for suffix, edits in (("", with_mask.images), ("_nomask", without.images)):
+            for suffix, edits in (
+                ("", with_mask.images),
+                ("_nomask", without.images),
+                ("_kept", kept.images),
+            ):
+                rows["keep" + suffix] += masked_ssim(edits, src, outside).tolist()
                 predicted = classifier.predict_directions(edits)
                 rows["hit" + suffix] += (predicted == LABELS.index(direction)).float().tolist()
                 rows["ssim_gt" + suffix] += ssim(edits, gt).tolist()
@@ -115,7 +126,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                     grey = lambda m: m[None].repeat(3, 1, 1) * 2 - 1  # noqa: E731
                     sheet.append(np.concatenate([to_uint8(x) for x in (
                         src[k], grey(region[k]), grey(with_mask.masks[k]), grey(base_mask[k]), with_mask.images[k],
-                        without.images[k],
+                        without.images[k], kept.images[k],
                     )], axis=1))  # fmt: skip
     per_direction = {}
     for direction in args.directions:
@@ -149,9 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out / "mini_edit.json", result)
     names = {"iou": "mask IoU (ours)", "iou_diffedit": "mask IoU (DiffEdit-style)",
              "iou_grid": "mask IoU ceiling (latent grid)", "keep": "SSIM outside, mask",
-             "keep_nomask": "SSIM outside, no mask", "keep_vae": "SSIM outside, VAE round trip of x_A",
-             "hit": "fidelity, mask", "hit_nomask": "fidelity, no mask", "ssim_gt": "SSIM to exact target, mask",
-             "ssim_gt_nomask": "SSIM to exact target, no mask", "ssim_gt_source": "SSIM to exact target, x_A"}  # fmt: skip
+             "keep_nomask": "SSIM outside, no mask", "keep_kept": "SSIM outside, mask + kept source",
+             "keep_vae": "SSIM outside, VAE round trip of x_A", "keep_exact": "SSIM outside, exact target",
+             "hit": "fidelity, mask", "hit_nomask": "fidelity, no mask", "hit_kept": "fidelity, mask + kept source",
+             "ssim_gt": "SSIM to exact target, mask", "ssim_gt_nomask": "SSIM to exact target, no mask",
+             "ssim_gt_kept": "SSIM to exact target, mask + kept source",
+             "ssim_gt_source": "SSIM to exact target, x_A"}  # fmt: skip
     lines = ["| direction | " + " | ".join(names.values()) + " |", "|---" * (len(names) + 1) + "|"]
     for direction, m in {**result["per_direction"], "all": result["overall"]}.items():
         lines.append(f"| {direction} | " + " | ".join(f"{m[k]:.3f}" for k in names) + " |")

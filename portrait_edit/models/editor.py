@@ -251,6 +251,7 @@ class MCDMEditor:
         seed: int | list[int] = 0,
         mask_seeds: int = 10,
         mask_at: float | None = None,
+        keep_source: bool = False,
     ) -> EditResult:
         """Edit sources (B, 3, H, W) in [-1, 1] from p_a toward p_b.
 
@@ -262,7 +263,13 @@ class MCDMEditor:
             seed: seeds each input's sampling noise z_T (and its mask noises, with seed + 1): one int for
                 every input, or one per input; an input's edit never depends on the batch it is in.
             mask_at: the share of the timesteps E(x_A) is noised to for the mask; None: the editor's.
+            keep_source: past the paper (Blended Latent Diffusion): after every step the latents outside M
+                are set back to E(x_A) noised to the step's next timestep (one fixed noise per input, drawn
+                with seed + 2), and to E(x_A) itself after the last, so the edit keeps x_A's VAE round trip
+                outside the mask. Needs use_mask.
         """
+        if keep_source and not use_mask:
+            raise ValueError("keep_source keeps x_A outside the mask: it needs use_mask=True")
         conditions = self.branch_conditions(sources, p_a, p_b, with_source=use_mask)
         mask = soft = None
         seeds = row_seeds(seed, len(sources))
@@ -272,10 +279,22 @@ class MCDMEditor:
         scheduler = self.scheduler(steps)
         noise = row_noise(tuple(conditions.latent.shape[1:]), seeds)
         z = noise.to(conditions.latent) * scheduler.init_noise_sigma
-        for t in scheduler.timesteps:
+        if keep_source:
+            source = conditions.latent.to(z)
+            source_noise = row_noise(tuple(source.shape[1:]), [s + 2 for s in seeds]).to(z)
+            outside = 1 - mask.to(z)[:, None]
+        timesteps = scheduler.timesteps
+        for i, t in enumerate(timesteps):
             eps_a, eps_b = self.guided_eps(z, t, conditions)
             eps = combine(eps_a, eps_b, mask) if mask is not None else eps_b
             z = scheduler.step(eps.to(z), t, z).prev_sample
+            if keep_source:
+                kept = (
+                    scheduler.add_noise(source, source_noise, timesteps[i + 1 : i + 2])
+                    if i + 1 < len(timesteps)
+                    else source
+                )
+                z = z * (1 - outside) + kept * outside
         images = (
             self.vae.decode((z / self.vae.config.scaling_factor).to(self.vae.dtype))
             .sample.float()

@@ -36,6 +36,7 @@ class MethodSpec:
         kind: "mcdm", "sdedit" or "diffedit".
         model: the MCDM export folder (mcdm) or the base model source (sdedit, diffedit).
         use_mask: mcdm only: edit with the model-made mask (Eq. 3) or without it.
+        keep_source: mcdm only, past the paper: also hold x_A's latents outside the mask at every step.
         threshold: mcdm only: lambda of the mask; None: per task (costume 0.2, expression 0.35).
         strength: sdedit only: the share of the schedule x_A is noised to (0.5, 0.8).
         steps: sampling steps (UniPC 20 for the MCDM; DDIM for the baselines).
@@ -45,6 +46,7 @@ class MethodSpec:
     kind: str
     model: str
     use_mask: bool = True
+    keep_source: bool = False
     threshold: float | None = None
     strength: float = 0.5
     steps: int = 20
@@ -54,6 +56,8 @@ class MethodSpec:
             raise ValueError(f"method {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
         if self.steps < 1:
             raise ValueError(f"method {self.name!r}: steps must be >= 1, got {self.steps}")
+        if self.keep_source and not (self.kind == "mcdm" and self.use_mask):
+            raise ValueError(f"method {self.name!r}: keep_source is for an mcdm row with use_mask")
 
 
 def threshold_for(direction: str, threshold: float | None) -> float:
@@ -83,7 +87,8 @@ class MCDMMethod:
             rows = [i for i, x in enumerate(lambdas) if x == value]
             result = self.editor.edit(
                 sources[rows], [p_a[i] for i in rows], [p_b[i] for i in rows], threshold=value,
-                use_mask=spec.use_mask, steps=spec.steps, seed=[seeds[i] for i in rows],
+                use_mask=spec.use_mask, keep_source=spec.keep_source, steps=spec.steps,
+                seed=[seeds[i] for i in rows],
             )  # fmt: skip
             images[rows] = result.images.to(images)
             if masks is not None:

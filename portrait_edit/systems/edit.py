@@ -38,6 +38,8 @@ class EditSystem(LightningModule):
         directions: edit directions (e.g. santa, royal); each input is edited in every one.
         threshold: lambda of the mask; None: per task (costume 0.2, expression 0.35).
         use_mask: Eq. 3 with the model-made mask (False: the "w/o mask" ablation).
+        keep_source: past the paper: also set the latents outside the mask back to x_A's (noised to each
+            step's level) after every step, so the edit keeps x_A's VAE round trip there (needs use_mask).
         steps: UniPC steps (20).
         seed: sampling seed of every edit (the same for all inputs and directions: comparable rows; each
             input draws its own noise from it, so its edit does not depend on its batch or rank).
@@ -52,6 +54,7 @@ class EditSystem(LightningModule):
         directions: list[str],
         threshold: float | None = None,
         use_mask: bool = True,
+        keep_source: bool = False,
         steps: int = 20,
         seed: int = 0,
         mask_seeds: int = 10,
@@ -63,6 +66,8 @@ class EditSystem(LightningModule):
             raise ValueError("give at least one direction to edit in")
         for direction in directions:
             task_for_direction(direction)  # raises, naming the known directions, for an unknown one
+        if keep_source and not use_mask:
+            raise ValueError("keep_source keeps x_A outside the mask: it needs use_mask: true")
         self.save_hyperparameters()
         self.editor = MCDMEditor.from_pretrained(model, dtype=getattr(torch, dtype))
         self.editor.max_rows = max_rows
@@ -85,8 +90,8 @@ class EditSystem(LightningModule):
                 rows = [k * count + i for k, t in enumerate(thresholds) if t == value for i in range(count)]
                 result = self.editor.edit(
                     sources[rows], [prompts[r]["p_a"] for r in rows], [prompts[r]["p_b"] for r in rows],
-                    threshold=value, use_mask=self.hparams.use_mask, steps=self.hparams.steps,
-                    seed=self.hparams.seed, mask_seeds=self.hparams.mask_seeds,
+                    threshold=value, use_mask=self.hparams.use_mask, keep_source=self.hparams.keep_source,
+                    steps=self.hparams.steps, seed=self.hparams.seed, mask_seeds=self.hparams.mask_seeds,
                 )  # fmt: skip
                 for j, r in enumerate(rows):
                     direction, record = directions[r // count], records[r % count]
@@ -142,7 +147,7 @@ class EditWriter(BasePredictionWriter):
                     "name": record["name"], "gender": record["gender"], "model": str(hp.model),
                     "directions": {d: {"prompts": e["prompts"], "threshold": e["threshold"]} for d, e in record["edits"].items()},
                     "scales": pl_module.editor.scales, "mask_at": pl_module.editor.mask_at, "seed": hp.seed, "steps": hp.steps, "use_mask": hp.use_mask,
-                    "mask_seeds": hp.mask_seeds, "version": __version__,
+                    "keep_source": hp.keep_source, "mask_seeds": hp.mask_seeds, "version": __version__,
                 },
             )  # fmt: skip
             self.done += 1
