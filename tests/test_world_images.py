@@ -126,3 +126,17 @@ def test_caption_classes_cover_sources_and_directions():
         == classes[captions.index("a man, neutral expression")]
     )
     assert classes[captions.index("a woman, santa claus costume")] == 9 + 1 + DIRECTIONS.index("santa")
+
+
+def test_reconstruction_samples_are_the_portrait_as_its_own_target():
+    job = {"seed": 11, "direction": "santa", "key": "k", "index": 0, "shard": 0, "shard_len": 1}
+    pair = make_pair(11, "santa", size=64)
+    edit, same = (
+        WorldPairsSystem(size=64)._sample(job),
+        WorldPairsSystem(size=64, reconstruction=True)._sample(job),
+    )
+    assert np.array_equal(edit["tgt.png"], pair.tgt) and not np.array_equal(pair.tgt, pair.src)
+    assert np.array_equal(same["src.png"], pair.src) and np.array_equal(same["tgt.png"], pair.src)
+    assert np.array_equal(same["gt.png"], pair.src) and not same["edit_mask.png"].any()
+    assert same["json"]["p_b"] == same["json"]["p_a"] == pair.prompts["p_a"] != edit["json"]["p_b"]
+    assert same["json"]["config_hash"] != edit["json"]["config_hash"]

@@ -22,14 +22,20 @@ class WorldPairsSystem(LightningModule):
     Args:
         size: image side in pixels (a multiple of 8).
         jitter: the world's imperfection knob for x_B (0 = perfect pairs; see `portrait_edit.world`).
+        reconstruction: write each portrait as its own target instead (x_B = x_A, p_b = p_a, an empty edit
+            region): reconstruction samples of the world's portraits, the kind of image edits start from,
+            to mix with generated pairs in MCDM training.
     """
 
-    def __init__(self, size: int = 64, jitter: float = 0.0) -> None:
+    def __init__(self, size: int = 64, jitter: float = 0.0, reconstruction: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.size = size
         self.jitter = jitter
+        self.reconstruction = reconstruction
         settings = {"generator": "world", "size": size, "jitter": jitter, "version": __version__}
+        if reconstruction:
+            settings["reconstruction"] = True
         self.config_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
@@ -37,8 +43,11 @@ class WorldPairsSystem(LightningModule):
 
     def _sample(self, job: dict) -> dict:
         pair = make_pair(job["seed"], job["direction"], size=self.size, jitter=self.jitter)
+        prompts, tgt, gt, region = pair.prompts, pair.tgt, pair.gt, pair.edit_mask
+        if self.reconstruction:
+            prompts, tgt, gt, region = {**prompts, "p_b": prompts["p_a"]}, pair.src, pair.src, region * 0
         meta = {
-            **pair.prompts,
+            **prompts,
             "direction": pair.direction,
             "task": pair.task,
             "gender": pair.gender,
@@ -57,9 +66,9 @@ class WorldPairsSystem(LightningModule):
             "__shard__": job["shard"],
             "__shard_len__": job["shard_len"],
             "src.png": pair.src,
-            "tgt.png": pair.tgt,
-            "gt.png": pair.gt,
-            "edit_mask.png": pair.edit_mask.astype("uint8") * 255,
+            "tgt.png": tgt,
+            "gt.png": gt,
+            "edit_mask.png": region.astype("uint8") * 255,
             "pose.png": pair.pose_image,
             "json": meta,
         }
