@@ -126,17 +126,16 @@ def test_an_edit_depends_on_its_input_and_seed_not_its_batch(editor_and_batch):
         editor.edit(sources, p_a, p_b, steps=3, seed=[1])
 
 
-def test_keep_source_holds_x_a_outside_the_mask(editor_and_batch, monkeypatch):
+def test_keep_source_holds_x_a_outside_the_mask(editor_and_batch):
     """keep_source: after each step the latents outside M are E(x_A) noised in closed form to the next
     timestep, sqrt(abar) E(x_A) + sqrt(1 - abar) n with n drawn from seed + 2, and E(x_A) after the last; so
     M = 0 decodes to x_A's VAE round trip and M = 1 is the plain Eq. 3 edit."""
     editor, sources, p_a, p_b = editor_and_batch
     half = torch.zeros(2, 16, 16)
     half[:, :, :8] = 1
-    monkeypatch.setattr(editor, "mask", lambda *args, **kwargs: (half, half))
     seen = []  # the latents z_t entering each step: the first 2 rows, first 4 channels of the UNet input
     hook = editor.unet.register_forward_pre_hook(lambda module, args: seen.append(args[0][:2, :4].clone()))
-    editor.edit(sources, p_a, p_b, steps=4, seed=[3, 5], keep_source=True)
+    editor.edit(sources, p_a, p_b, steps=4, seed=[3, 5], keep_source=True, mask=half)
     hook.remove()
     vae = editor.vae
     with torch.no_grad():
@@ -147,24 +146,37 @@ def test_keep_source_holds_x_a_outside_the_mask(editor_and_batch, monkeypatch):
     betas = torch.linspace(SCHEDULER["beta_start"] ** 0.5, SCHEDULER["beta_end"] ** 0.5, 1000) ** 2
     abar = torch.cumprod(1 - betas.double(), 0)
     timesteps = editor.scheduler(4).timesteps
-    assert len(seen) == 4
+    assert len(seen) == 4  # the given mask is not made again: no mask call
     for z, t in zip(seen[1:], timesteps[1:]):
         expected = (abar[t].sqrt() * source + (1 - abar[t]).sqrt() * noise).float()
         assert_close(z[..., 8:], expected[..., 8:], rtol=1e-4, atol=1e-5)
         assert not torch.allclose(z[..., :8], expected[..., :8], atol=1e-2)  # inside M: the edit's own
 
-    monkeypatch.setattr(editor, "mask", lambda *args, **kwargs: (half * 0, half * 0))
-    kept = editor.edit(sources, p_a, p_b, steps=3, keep_source=True).images
+    kept = editor.edit(sources, p_a, p_b, steps=3, keep_source=True, mask=half * 0).images
     with torch.no_grad():
         assert_close(kept, vae_roundtrip(vae, sources), rtol=1e-4, atol=1e-5)
     everywhere = torch.ones(2, 16, 16)
-    monkeypatch.setattr(editor, "mask", lambda *args, **kwargs: (everywhere, everywhere))
     assert_close(
-        editor.edit(sources, p_a, p_b, steps=3, keep_source=True).images,
-        editor.edit(sources, p_a, p_b, steps=3).images,
+        editor.edit(sources, p_a, p_b, steps=3, keep_source=True, mask=everywhere).images,
+        editor.edit(sources, p_a, p_b, steps=3, mask=everywhere).images,
     )
     with pytest.raises(ValueError, match="use_mask"):
         editor.edit(sources, p_a, p_b, use_mask=False, keep_source=True)
+
+
+def test_a_given_mask_is_the_one_the_edit_would_make(editor_and_batch):
+    editor, sources, p_a, p_b = editor_and_batch
+    settings = dict(threshold=0.2, steps=3, mask_seeds=2, seed=[1, 2])
+    made = editor.edit(sources, p_a, p_b, **settings)
+    editor.unet_calls = 0
+    again = editor.edit(sources, p_a, p_b, mask=made.masks[:, ::2, ::2], **settings)  # 32 px, 16 x 16 latents
+    assert editor.unet_calls == 3 and again.soft_masks is None
+    assert_close(again.images, made.images)
+    assert_close(again.masks, made.masks)
+    with pytest.raises(ValueError, match="latent resolution"):
+        editor.edit(sources, p_a, p_b, mask=made.masks, **settings)
+    with pytest.raises(ValueError, match="use_mask"):
+        editor.edit(sources, p_a, p_b, use_mask=False, mask=made.masks[:, ::2, ::2])
 
 
 def test_a_bf16_editor_edits_like_the_float32_one(editor_and_batch):

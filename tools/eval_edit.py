@@ -99,7 +99,8 @@ def evaluate(args: argparse.Namespace) -> dict:
             p_a, p_b = [q["p_a"] for q in prompts], [q["p_b"] for q in prompts]
             with_mask = editor.edit(src, p_a, p_b, threshold=threshold, seed=args.seed)
             without = editor.edit(src, p_a, p_b, use_mask=False, seed=args.seed)
-            kept = editor.edit(src, p_a, p_b, threshold=threshold, keep_source=True, seed=args.seed)
+            latent_mask = with_mask.masks[:, ::cell, ::cell]  # the same mask: not made twice
+            kept = editor.edit(src, p_a, p_b, keep_source=True, seed=args.seed, mask=latent_mask)
             base_mask, _ = diffedit(src, p_a, p_b, seed=args.seed + 1)
             base_mask = torch.nn.functional.interpolate(base_mask[:, None], size=(64, 64), mode="nearest")[
                 :, 0

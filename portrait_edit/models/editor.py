@@ -252,6 +252,7 @@ class MCDMEditor:
         mask_seeds: int = 10,
         mask_at: float | None = None,
         keep_source: bool = False,
+        mask: torch.Tensor | None = None,
     ) -> EditResult:
         """Edit sources (B, 3, H, W) in [-1, 1] from p_a toward p_b.
 
@@ -267,13 +268,23 @@ class MCDMEditor:
                 are set back to E(x_A) noised to the step's next timestep (one fixed noise per input, drawn
                 with seed + 2), and to E(x_A) itself after the last, so the edit keeps x_A's VAE round trip
                 outside the mask. Needs use_mask.
+            mask: M (B, h, w) at latent resolution, already made for these inputs (an earlier result's
+                `masks[:, ::f, ::f]`, f the VAE's scale factor), used instead of making it again; needs
+                use_mask (the result's soft_masks are then None).
         """
         if keep_source and not use_mask:
             raise ValueError("keep_source keeps x_A outside the mask: it needs use_mask=True")
+        if mask is not None and not use_mask:
+            raise ValueError("a given mask is for an edit with use_mask=True")
         conditions = self.branch_conditions(sources, p_a, p_b, with_source=use_mask)
-        mask = soft = None
+        if mask is not None and tuple(mask.shape) != (len(sources), *conditions.latent.shape[-2:]):
+            raise ValueError(
+                f"the given mask is {tuple(mask.shape)}; it must be (B, h, w) = "
+                f"{(len(sources), *conditions.latent.shape[-2:])}, at latent resolution"
+            )
+        soft = None
         seeds = row_seeds(seed, len(sources))
-        if use_mask:
+        if use_mask and mask is None:
             at = self.mask_at if mask_at is None else mask_at
             mask, soft = self.mask(conditions, threshold, mask_seeds, steps, at, [s + 1 for s in seeds])
         scheduler = self.scheduler(steps)
