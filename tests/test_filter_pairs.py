@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from portrait_edit.data.jobs import ShardedJobs, sample_seed
 from portrait_edit.data.shard_pipeline import PairShardsMapDataset, resolve_shards
@@ -37,7 +38,9 @@ def _pixels(index: int, noise: int) -> dict[str, np.ndarray]:
     return {"src.png": src.astype(np.uint8), "tgt.png": tgt.astype(np.uint8)}
 
 
-def _write(out: Path, pairs=PAIRS, shard_size: int = 4, corrupt: int | None = None) -> None:
+def _write(out: Path, pairs=PAIRS, shard_size: int = 4, corrupt: int | None = None, marks=None) -> None:
+    """`marks`: {index: (left label, right label)}, written in the halves' top-left red value (10 x label)
+    for the reader of `_Reader`."""
     writer, trainer = ShardWriter(str(out)), SimpleNamespace(global_rank=0, world_size=1)
     writer.on_predict_start(trainer, None)
     for batch in ShardedJobs(len(pairs), shard_size, 2, str(out)):
@@ -49,6 +52,8 @@ def _write(out: Path, pairs=PAIRS, shard_size: int = 4, corrupt: int | None = No
                 "__shard_len__": j["shard_len"], "json": {"direction": direction, "identity_similarity": identity},
                 "src.latent.npy": np.full(2, j["index"], dtype=np.float16), **_pixels(j["index"], noise),
             }  # fmt: skip
+            for half, label in zip(("src.png", "tgt.png"), (marks or {}).get(j["index"], ()), strict=False):
+                sample[half][0, 0, 0] = 10 * label
             if j["index"] == corrupt:
                 sample["src.png"] = b"not a png"
             samples.append(sample)
@@ -91,6 +96,54 @@ def test_keeps_the_hand_ranked_pairs_byte_for_byte(tmp_path):
     side = json.loads((tmp_path / "out" / "pairs-000-000001.json").read_text())
     assert side["count"] + len(side["filtered"]) == 4
     assert set(side["filtered"].values()) == {"not in the top 0.5 of its direction"}
+
+
+class _Reader:
+    """A direction classifier reading the label 10 x label written in an image's top-left red value."""
+
+    def __init__(self, labels=("source", "a", "b")) -> None:
+        self.config = SimpleNamespace(labels=list(labels))
+
+    def eval(self):
+        return self
+
+    def predict_directions(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.round((images[:, 0, 0, 0] + 1) * 127.5 / 10).long()
+
+
+def test_classifier_drops_pairs_that_do_not_show_their_edit_before_ranking(tmp_path, monkeypatch):
+    # Every pair reads (source, its direction) but pair 1 (right half read as the source) and pair 7 (left
+    # half read as "a"). By identity among the rest: "a" {0, 2, 3, 4, 5} keeps 3 -> {0, 2, 3}, "b" {6, 8, 9}
+    # keeps 2 -> {6, 8}; without the classifier pair 1 would be kept (KEPT_BY).
+    marks = {i: (0, 1 if direction == "a" else 2) for i, (direction, _, _) in enumerate(PAIRS)}
+    marks.update({1: (0, 0), 7: (1, 2)})
+    _write(tmp_path / "pairs", marks=marks)
+    (tmp_path / "clf").mkdir()
+    (tmp_path / "clf" / "config.json").write_text("{}")
+    monkeypatch.setattr(tool.DirectionClassifier, "from_pretrained", lambda path: _Reader())
+    record = tool.filter_pairs(
+        [str(tmp_path / "pairs")],
+        str(tmp_path / "out"),
+        keep=0.5,
+        by=("identity",),
+        classifier=str(tmp_path / "clf"),
+    )
+    assert _kept_sources(record) == {0, 2, 3, 6, 8}
+    assert record["directions"]["a"]["shows_edit"] == 5 and record["directions"]["b"]["shows_edit"] == 3
+    assert record["settings"]["classifier"] == str(tmp_path / "clf")
+    side = json.loads((tmp_path / "out" / "pairs-000-000000.json").read_text())
+    assert side["filtered"]["000000001"] == "the direction classifier does not read it as its edit"
+    side = json.loads((tmp_path / "out" / "pairs-000-000001.json").read_text())
+    assert side["filtered"]["000000005"] == "not in the top 0.5 of its direction"
+
+    monkeypatch.setattr(tool.DirectionClassifier, "from_pretrained", lambda path: _Reader(("source", "a")))
+    with pytest.raises(ValueError, match="knows no direction b"):
+        tool.filter_pairs(
+            [str(tmp_path / "pairs")], str(tmp_path / "other"), classifier=str(tmp_path / "clf")
+        )
+    with pytest.raises(ValueError, match="holds no direction classifier"):
+        tool.filter_pairs([str(tmp_path / "pairs")], str(tmp_path / "other2"), classifier=str(tmp_path))
+    assert not (tmp_path / "other2").exists()
 
 
 @pytest.mark.parametrize("by", [("ssim",), ("identity",)])

@@ -1,5 +1,5 @@
 """Keep the generated pairs whose two halves agree most: per direction, the top fraction by identity
-similarity and halves' SSIM.
+similarity and halves' SSIM, optionally of those a direction classifier reads as showing their edit.
 
 The pair generator's halves differ by more than the edit: the layout and the person drift a little
 between x_A and x_B, and the MCDM learns part of that drift. Each pair is scored by the generator's
@@ -8,6 +8,11 @@ within each direction the pairs are ranked by the mean of their two ranks, and t
 is kept. Ranking per direction keeps every direction's share: a costume changes more of the picture
 than an expression, so a global threshold would drop the costumes. Several sources are merged, so pairs
 can be drawn beyond what training needs and the kept set keep its size (docs/results/pair_filter.md).
+
+The ranking favours pairs whose halves barely differ, and a pair whose edit did not show at all (the
+generator drew the direction's costume too faintly) differs least. `--classifier` drops such pairs first:
+a direction classifier (the mini world's data/mini/classifier) must read the left half as the source and
+the right half as the pair's direction; `--keep` then applies to the rest.
 
 The output holds the sources' shards one for one, renumbered, with new keys from a global index; a
 dropped pair counts in its shard's sidecar with the reason, as the generator's own filter does. Kept
@@ -18,6 +23,8 @@ refused. A sample that cannot be read is dropped and counted.
 
     python tools/filter_pairs.py outputs/mini/pairs_cached outputs/mini/pairs_extra_cached \\
         --keep 0.5 --out outputs/mini/pairs_filtered
+    python tools/filter_pairs.py outputs/mini/pairs_cached --keep 1 --classifier data/mini/classifier \\
+        --out outputs/mini/pairs_shown
 """
 
 from __future__ import annotations
@@ -38,14 +45,18 @@ from portrait_edit.data.images import decode_image, to_tensor
 from portrait_edit.data.shard_pipeline import read_shard_samples, resolve_shards
 from portrait_edit.data.shard_writer import ShardWriter, atomic_write_json, completed_shards
 from portrait_edit.metrics.image import ssim
+from portrait_edit.models.direction_classifier import DirectionClassifier
 
 CRITERIA = ("identity", "ssim")
 FILTER_FILE = "filter.json"
 
 
-def score_shard(samples: dict[str, dict[str, bytes]]) -> dict[str, tuple[str, float | None, float] | str]:
-    """{key: (direction, identity similarity or None, halves' SSIM)} in the samples' order, with why it
-    cannot be scored (a str) for an unreadable sample."""
+def score_shard(
+    samples: dict[str, dict[str, bytes]], classifier: DirectionClassifier | None = None
+) -> dict[str, tuple[str, float | None, float, bool | None] | str]:
+    """{key: (direction, identity similarity or None, halves' SSIM, shows the edit)} in the samples'
+    order, with why it cannot be scored (a str) for an unreadable sample. "Shows the edit": `classifier`
+    reads the left half as the source and the right half as the pair's direction (None without one)."""
     scores: dict[str, Any] = dict.fromkeys(samples)
     good, halves = [], []
     for key, members in samples.items():
@@ -66,17 +77,37 @@ def score_shard(samples: dict[str, dict[str, bytes]]) -> dict[str, tuple[str, fl
         batch = ssim(torch.stack([halves[i][0] for i in rows]), torch.stack([halves[i][1] for i in rows]))
         for i, v in zip(rows, batch.tolist(), strict=True):
             values[i] = v
-    for (key, direction, identity), value in zip(good, values, strict=True):
-        scores[key] = (direction, identity, value)
+    shows = [None] * len(halves)
+    if classifier is not None and halves:
+        labels = list(classifier.config.labels)
+        unknown = sorted({d for _, d, _ in good} - set(labels[1:]))
+        if unknown:
+            raise ValueError(
+                f"the direction classifier knows no direction {', '.join(unknown)} (it reads {labels})"
+            )
+        for rows in by_size.values():
+            read = classifier.predict_directions(
+                torch.stack([halves[i][0] for i in rows] + [halves[i][1] for i in rows])
+            )
+            for i, left, right in zip(
+                rows, read[: len(rows)].tolist(), read[len(rows) :].tolist(), strict=True
+            ):
+                shows[i] = left == 0 and right == labels.index(good[i][1])
+    for (key, direction, identity), value, edit in zip(good, values, shows, strict=True):
+        scores[key] = (direction, identity, value, edit)
     return scores
 
 
-def select(scores: dict[Any, tuple[str, float, float]], keep: float, by: tuple[str, ...]) -> set[Any]:
-    """Per direction, the keep * n (rounded half up) items with the lowest mean rank over the criteria
-    `by` (rank 0 = highest value; ties go to the earlier item)."""
+def select(
+    scores: dict[Any, tuple[str, float, float, bool | None]], keep: float, by: tuple[str, ...]
+) -> set[Any]:
+    """Per direction, of the items that do not fail the edit check (shows the edit: True or None), the
+    keep * n (rounded half up) with the lowest mean rank over the criteria `by` (rank 0 = highest value;
+    ties go to the earlier item)."""
     groups: dict[str, list[Any]] = defaultdict(list)
-    for item, (direction, _, _) in scores.items():
-        groups[direction].append(item)
+    for item, (direction, _, _, shows) in scores.items():
+        if shows is not False:
+            groups[direction].append(item)
     kept: set[Any] = set()
     for items in groups.values():
         rank = np.zeros(len(items))
@@ -104,14 +135,29 @@ def _conditions(sources: list[str]) -> dict | None:
     return next(iter(found.values()), None)
 
 
-def filter_pairs(sources: list[str], out: str, keep: float = 0.5, by: tuple[str, ...] = CRITERIA) -> dict:
+def filter_pairs(
+    sources: list[str],
+    out: str,
+    keep: float = 0.5,
+    by: tuple[str, ...] = CRITERIA,
+    classifier: str | None = None,
+) -> dict:
     """Write the kept pairs of `sources` (shard folders, globs or brace patterns) to `out`; returns the
-    record written to `out/filter.json`."""
+    record written to `out/filter.json`. With `classifier` (a direction classifier folder), pairs that do
+    not show their edit are dropped before the ranking."""
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"--keep must be in (0, 1], got {keep}")
     if not by or any(c not in CRITERIA for c in by):
         raise ValueError(f"--by takes one or both of {CRITERIA}, got {by}")
     settings = {"sources": [os.path.abspath(s) for s in sources], "keep": keep, "by": list(by)}
+    reader = None
+    if classifier is not None:
+        if not os.path.isfile(os.path.join(classifier, "config.json")):
+            raise ValueError(
+                f"{classifier} holds no direction classifier (config.json); the mini world's is data/mini/classifier"
+            )
+        reader = DirectionClassifier.from_pretrained(classifier).eval()
+        settings["classifier"] = os.path.abspath(classifier)
     record_path = os.path.join(out, FILTER_FILE)
     if os.path.isfile(record_path):
         with open(record_path, encoding="utf-8") as f:
@@ -129,7 +175,7 @@ def filter_pairs(sources: list[str], out: str, keep: float = 0.5, by: tuple[str,
     keys: list[list[str]] = []  # each shard's keys in member order
     for n, url in enumerate(tqdm(urls, desc="scoring pairs", unit="shard")):
         try:
-            shard_scores = score_shard(read_shard_samples(url))
+            shard_scores = score_shard(read_shard_samples(url), reader)
         except (OSError, tarfile.TarError) as exc:
             raise ValueError(f"cannot read shard {url} ({exc}); regenerate it or leave it out") from exc
         keys.append(list(shard_scores))
@@ -160,8 +206,10 @@ def filter_pairs(sources: list[str], out: str, keep: float = 0.5, by: tuple[str,
                 }
                 sample.update(samples[key])  # a dropped sample's members are not written
                 if (n, key) not in kept:
-                    sample["__filtered__"] = unreadable.get(
-                        (n, key), f"not in the top {keep:g} of its direction"
+                    sample["__filtered__"] = unreadable.get((n, key)) or (
+                        "the direction classifier does not read it as its edit"
+                        if scored[(n, key)][3] is False
+                        else f"not in the top {keep:g} of its direction"
                     )
                 writer.write_sample(sample, rank=0)
             index += 1
@@ -179,6 +227,7 @@ def filter_pairs(sources: list[str], out: str, keep: float = 0.5, by: tuple[str,
         mine = [item for item in items if item in kept]
         directions[direction] = {
             "pairs": len(items), "kept": len(mine),
+            "shows_edit": None if reader is None else sum(scored[item][3] for item in items),
             "identity": [mean(items, 1), mean(mine, 1)], "ssim": [mean(items, 2), mean(mine, 2)],
         }  # fmt: skip
     record = {
@@ -197,19 +246,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder of the kept pairs (a new one)")
     parser.add_argument("--keep", type=float, default=0.5, help="fraction kept per direction (default 0.5)")
     parser.add_argument("--by", nargs="+", default=list(CRITERIA), choices=CRITERIA, help="ranking criteria")
+    parser.add_argument(
+        "--classifier",
+        help="a direction classifier folder (mini world: data/mini/classifier): drop the pairs whose left half "
+        "it does not read as the source or whose right half not as the pair's direction, then rank the rest",
+    )
     args = parser.parse_args(argv)
     try:
-        record = filter_pairs(args.sources, args.out, args.keep, tuple(args.by))
+        record = filter_pairs(args.sources, args.out, args.keep, tuple(args.by), args.classifier)
     except ValueError as exc:
         print(f"filter_pairs: {exc}", file=sys.stderr)
         return 2
-    print("| direction | pairs | kept | identity, all -> kept | halves' SSIM, all -> kept |")
-    print("|---|---|---|---|---|")
+    print("| direction | pairs | show the edit | kept | identity, all -> kept | halves' SSIM, all -> kept |")
+    print("|---|---|---|---|---|---|")
     for direction, row in record["directions"].items():
         identity = (
             "n/a" if row["identity"][0] is None else f"{row['identity'][0]:.3f} -> {row['identity'][1]:.3f}"
         )
-        print(f"| {direction} | {row['pairs']} | {row['kept']} | {identity} | "
+        shows = "n/a" if row["shows_edit"] is None else row["shows_edit"]
+        print(f"| {direction} | {row['pairs']} | {shows} | {row['kept']} | {identity} | "
               f"{row['ssim'][0]:.3f} -> {row['ssim'][1]:.3f} |")  # fmt: skip
     print(
         f"kept {record['kept']} of {record['pairs']} pairs ({record['unreadable']} unreadable) in {args.out}"
