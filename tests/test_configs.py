@@ -3,7 +3,7 @@
 Stage configs (`configs/<world>/<stage>.yaml`) start with the command that runs them
 (`# portrait-edit <subcommand> --config ...`); pieces (`configs/trainer/`, `configs/logger/`) are parsed
 stacked on a stage config, the way they are used, and ablations (`configs/<world>/ablations/`) stacked on
-that world's mcdm.yaml, and the demo's overrides (`configs/<world>/demo/<stage>.yaml`) on the stage of the
+that world's mcdm.yaml (or on the stage their first line's command names first), and the demo's overrides (`configs/<world>/demo/<stage>.yaml`) on the stage of the
 same name.
 """
 
@@ -67,7 +67,10 @@ def assert_applied(resolved, piece, where: str) -> None:
 
 @pytest.mark.parametrize("path", PIECES, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_piece_parses_stacked_on_a_stage(path, capsys):
-    if path.parent.name == "ablations":
+    first = path.read_text().splitlines()[0].split()
+    if first[:2] == ["#", "portrait-edit"]:  # a piece that names its stage: its first --config
+        stage = CONFIGS.parent / first[first.index("--config") + 1]
+    elif path.parent.name == "ablations":
         stage = path.parent.parent / "mcdm.yaml"
     elif path.parent.name == "demo":
         stage = path.parent.parent / path.name

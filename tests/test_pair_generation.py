@@ -11,11 +11,13 @@ import torch
 
 from portrait_edit.data.pair_jobs import PairJobsDataModule
 from portrait_edit.data.pose_bank import world_pose_bank
+from portrait_edit.data.world_pairs import WorldPairsDataModule
 from portrait_edit.diffusion.composable import composable_eps, source_alone_eps
 from portrait_edit.diffusion.edm import edm_sample, eps_denoiser, karras_sigmas
 from portrait_edit.models.identity_encoder import IdentityEncoder, IdentityEncoderConfig
 from portrait_edit.models.pair_generator import edit_mask_blend
 from portrait_edit.systems.pair_generation import PairGenerationSystem
+from portrait_edit.world import make_pair
 from portrait_edit.world.openpose import draw_pose_pair
 
 SIZE = 32  # tiny preset: x2 VAE -> a 16 x 32 canvas latent
@@ -335,3 +337,50 @@ def test_edit_mask_generation_is_the_plain_pair_with_a_full_mask_and_two_equal_h
     with pytest.raises(ValueError, match="no lambda for task"):
         s.hparams.edit_mask = {"costume": 0.2}
         s.predict_step(jobs(assets, 2, task="expression"), 0)
+
+
+def world_jobs(n, seed=5):
+    dm = WorldPairsDataModule(num_samples=n, shard_size=n, batch_size=n, seed=seed)
+    return [dm.make_job(i) | {"index": i, "key": f"{i:09d}", "shard": 0, "shard_len": n} for i in range(n)]
+
+
+def test_world_sources_keep_the_given_latent_as_x_a_and_draw_only_x_b_beside_it(assets):
+    s = system(assets, source_alone=True, twin_noise=True, world_sources=True)
+    gen, batch = s.generator, [s.world_job(j) for j in world_jobs(2)]
+    identity = gen.identity(torch.stack([s.face(j["identity_source"]) for j in batch]))
+    states = gen.text_states({n: [j[n] for j in batch] for n in ("p", "p_a", "p_b")}, identity)
+    c, half = gen.unet.config.in_channels, SIZE // 2
+    noise = torch.randn(2, c, half, SIZE, generator=torch.Generator().manual_seed(0))
+    source = torch.randn(2, c, half, half, generator=torch.Generator().manual_seed(1))
+    calls: list[tuple] = []
+    hook = gen.unet.register_forward_hook(lambda m, args, out: calls.append(tuple(args[0].shape)))
+    decode = gen.vae.decode
+    gen.vae.decode = lambda z: SimpleNamespace(sample=z / 500)  # latents, inside the clamp to [-1, 1]
+
+    def draw(states, source, thresholds=None):
+        gens = [torch.Generator().manual_seed(i) for i in range(2)]
+        return (
+            gen.generate(states, noise, gens, None, thresholds, source) * 500 * gen.vae.config.scaling_factor
+        )
+
+    out = draw(states, source)
+    # the last step lands on the denoiser's value, which is the source on the left: x_A is the source
+    torch.testing.assert_close(out[..., :half], source, rtol=0, atol=1e-5)
+    # no call on the left half alone: only the canvas's null / p / p_b rows, 3 Heun steps = 5 evaluations
+    assert calls == [(6, c, half, SIZE)] * 5
+    # p_a draws nothing now; x_B sees the source
+    assert torch.equal(draw(states | {"p_a": states["p_a"].flip(0)}, source), out)
+    assert (draw(states, source.flip(0))[..., half:] - out[..., half:]).abs().mean() > 1e-3
+    same = draw(states, source, torch.tensor([1.0, 1.0]))  # a mask nowhere: x_B is the source too
+    torch.testing.assert_close(same[..., half:], source, rtol=0, atol=1e-5)
+    hook.remove()
+    gen.vae.decode = decode
+
+    sample = s.predict_step(world_jobs(2), 0)[1]
+    pair = make_pair(world_jobs(2)[1]["seed"], "sheep", size=SIZE)  # directions cycle: index 1 is sheep
+    assert np.array_equal(sample["src.png"], pair.src) and sample["json"]["direction"] == "sheep"
+    assert sample["json"]["p_b"] == pair.prompts["p_b"] and sample["json"]["scales"]["world_sources"] is True
+    assert sample["json"]["identity_source"] == f"world:{pair.meta['identity_seed']}"
+    assert np.array_equal(sample["pose.png"], draw_pose_pair(pair.keypoints, SIZE, SIZE)[:, :SIZE])
+    with pytest.raises(ValueError, match="world_sources needs twin_noise and source_alone"):
+        system(assets, source_alone=True, world_sources=True)

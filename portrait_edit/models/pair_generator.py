@@ -14,6 +14,8 @@ Past the paper, `generate(..., mask_thresholds=...)` confines the edit: with twi
 drawn alone, the right half is set back to the left half's latent, before every step, outside a mask of
 where p_b's prediction differs from p_a's on the right half (the editing mask of diffusion/masks.py, read
 from the sampling run itself and averaged over its steps), so x_B differs from x_A where the edit acts.
+`generate(..., source=...)` (also past the paper) does not draw x_A: the left half is a given image's latent
+(a real portrait) at every step, and x_B is drawn beside it.
 """
 
 from __future__ import annotations
@@ -150,6 +152,7 @@ class PairGenerator(nn.Module):
         states: dict[str, torch.Tensor],
         pose: torch.Tensor | None,
         prompt_effect: dict | None = None,
+        draw_left: bool = True,
     ) -> torch.Tensor:
         """eps_bar (B, C, h, 2w) of Eq. 2 from ONE batched call over the 4 branches (source_alone: one call
         over the canvas's null, p and p_b branches and one over the left half's null and p_a); without the p
@@ -162,6 +165,8 @@ class PairGenerator(nn.Module):
             pose: the pose drawn on both halves, float (B, 3, H, 2W) in [0, 1], or None.
             prompt_effect: given, the canvas call has a p_a row (one more with source_alone) and this dict
                 gets "effect": channel-mean |e(p_b) - e(p_a)| on the right half (B, h, w), where the edit acts.
+            draw_left: False (source_alone only) skips the left half's call; its eps is then zero, for a
+                caller that replaces the left half's prediction (`generate`'s source).
         """
         # With s_d = 0, Eq. 2 weighs e~(p) by zero: its rows are left out of the call (e(p) := e(null)).
         canvas = ("null", "p", "p_b") if self.source_alone else BRANCHES
@@ -177,10 +182,13 @@ class PairGenerator(nn.Module):
         if not self.source_alone:
             return composable_eps(e["null"], e_p, e["p_a"], e["p_b"], **self.settings)
         half = x_vp.shape[-1] // 2
-        left = self.unet_branches(
-            x_vp[..., :half], timesteps, states, None if pose is None else pose[..., : pose.shape[-1] // 2],
-            ("null", "p_a"),
-        )  # fmt: skip
+        if draw_left:
+            left = self.unet_branches(
+                x_vp[..., :half], timesteps, states, None if pose is None else pose[..., : pose.shape[-1] // 2],
+                ("null", "p_a"),
+            )  # fmt: skip
+        else:
+            left = dict.fromkeys(("null", "p_a"), torch.zeros_like(e["null"][..., :half]))
         settings = {k: v for k, v in self.settings.items() if k != "s_a"}
         return source_alone_eps(e["null"], e_p, e["p_b"], left["null"], left["p_a"], **settings)
 
@@ -213,6 +221,7 @@ class PairGenerator(nn.Module):
         generators: list[torch.Generator],
         pose: torch.Tensor | None = None,
         mask_thresholds: torch.Tensor | None = None,
+        source: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Canvas images float (B, 3, H, 2W) in [-1, 1].
 
@@ -226,15 +235,28 @@ class PairGenerator(nn.Module):
                 half (`edit_mask_blend`, the map averaged over the steps so far), applied before every step
                 but the first and once more to the result. Needs twin_noise and source_alone; one more UNet
                 row per evaluation (p_a on the canvas).
+            source: float (B, C, h, w) or None. Given (an option past the paper), x_A is not drawn: the
+                denoiser's left half is this clean latent (a real x_A's scaled VAE latent) at every step, so
+                the left half is it plus the canvas's noise and ends exactly at it, and the right half is
+                drawn beside it (and, with mask_thresholds, keeps it outside the mask). Needs twin_noise and
+                source_alone; the left half's UNet call is skipped.
         """
-        if mask_thresholds is not None and not (self.twin_noise and self.source_alone):
-            raise ValueError(
-                "mask_thresholds needs twin_noise and source_alone (the halves share their noise)"
-            )
+        for name, given in (("mask_thresholds", mask_thresholds), ("source", source)):
+            if given is not None and not (self.twin_noise and self.source_alone):
+                raise ValueError(f"{name} needs twin_noise and source_alone (the halves share their noise)")
         last, maps = {}, []
 
         def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.branch_eps(x, t, states, pose, None if mask_thresholds is None else last)
+            effect = None if mask_thresholds is None else last
+            return self.branch_eps(x, t, states, pose, effect, draw_left=source is None)
+
+        denoise = eps_denoiser(eps, self.table)
+        if source is not None:
+            drawn = denoise
+
+            def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+                d = drawn(x, sigma)
+                return torch.cat([source.to(d), d[..., source.shape[-1] :]], dim=-1)
 
         def blend(x: torch.Tensor) -> torch.Tensor:  # each step's map normalised: their scales differ
             maps.append(normalise(last["effect"]))
@@ -247,9 +269,8 @@ class PairGenerator(nn.Module):
         tie = twin_halves if self.twin_noise else None
         noise = noise.double() if tie is None else tie(noise.double())
         latents = edm_sample(
-            eps_denoiser(eps, self.table), noise, sigmas, generators, **self.sampler, noise_map=tie,
-            on_step=at_step,
-        )  # fmt: skip
+            denoise, noise, sigmas, generators, **self.sampler, noise_map=tie, on_step=at_step
+        )
         if mask_thresholds is not None:
             latents = blend(latents)
         latents = (latents / self.vae.config.scaling_factor).to(self.vae.dtype)

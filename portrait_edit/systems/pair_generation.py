@@ -5,6 +5,9 @@ p / p_a / p_b, the job's own noise -> `PairGenerator` -> the canvas split into x
 The ShardWriter callback writes `src.png`, `tgt.png`, `pose.png` and the metadata (prompts, direction,
 gender, identity source, pose id, seed, all scales, the generator's config hash) that regenerates a pair
 bit for bit. Ablations are switches: `use_pose: false` (no ControlNet), `use_identity: false` (no c_id).
+Past the paper, `world_sources: true` takes x_A from the mini world instead of drawing it (jobs of
+data/world_pairs.py: the world portrait of the job's seed, its pose, identity and prompts) and draws x_B
+beside it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from portrait_edit.models.components import load_components, vae_scale_factor
 from portrait_edit.models.identity_encoder import IdentityEncoder
 from portrait_edit.models.pair_generator import PairGenerator
 from portrait_edit.models.sources import resolve_source
-from portrait_edit.world import draw_pose_pair, make_face
+from portrait_edit.world import draw_pose_pair, make_face, make_pair
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -46,6 +49,10 @@ class PairGenerationSystem(LightningModule):
         the right half; outside it the right half keeps the left half's latent at every step
         (PairGenerator.generate's mask_thresholds; needs twin_noise and source_alone). None (the paper):
         no mask.
+    world_sources: x_A is the mini-world portrait of each job (WorldPairsDataModule jobs: seed, direction),
+        not drawn: its VAE latent is the canvas's left half at every step (PairGenerator.generate's
+        source), the pose and identity are the portrait's own, and only x_B is drawn (needs twin_noise and
+        source_alone). False (the paper): both halves drawn, jobs of PairJobsDataModule.
     use_pose: condition on the pose (False: the "no pose" ablation, no ControlNet).
     use_identity: splice c_id into the prompts (False: the "no identity" ablation).
     min_identity_similarity: drop pairs whose left / right identity similarity (cosine of their c_id,
@@ -75,6 +82,7 @@ class PairGenerationSystem(LightningModule):
         twin_noise: bool = False,
         source_alone: bool = False,
         edit_mask: float | dict[str, float] | None = None,
+        world_sources: bool = False,
         use_pose: bool = True,
         use_identity: bool = True,
         min_identity_similarity: float | None = None,
@@ -86,6 +94,8 @@ class PairGenerationSystem(LightningModule):
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if edit_mask is not None and not (twin_noise and source_alone):
             raise ValueError("edit_mask needs twin_noise and source_alone (the halves share their noise)")
+        if world_sources and not (twin_noise and source_alone):
+            raise ValueError("world_sources needs twin_noise and source_alone (the halves share their noise)")
         if min_identity_similarity is not None and not use_identity:
             raise ValueError("min_identity_similarity compares c_id of the halves: it needs use_identity")
         self.save_hyperparameters()
@@ -132,8 +142,20 @@ class PairGenerationSystem(LightningModule):
             return torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1.0
         return square_face(load_image(source), size)
 
+    def world_job(self, job: dict) -> dict:
+        """A WorldPairsDataModule job (seed, direction) as a pair job whose x_A is the world portrait: its
+        prompts, identity, pose keypoints ("keypoints") and image ("source", uint8 (H, W, 3))."""
+        pair = make_pair(job["seed"], job["direction"], size=self.hparams.image_size)
+        return {
+            **job, **pair.prompts, "task": pair.task, "gender": pair.gender,
+            "identity_source": f"{WORLD}:{pair.meta['identity_seed']}", "pose_id": None,
+            "keypoints": pair.keypoints, "source": pair.src,
+        }  # fmt: skip
+
     def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
         size, gen = self.hparams.image_size, self.generator
+        if self.hparams.world_sources:
+            batch = [self.world_job(job) for job in batch]
         identity = None
         if self.hparams.use_identity:
             identity = gen.identity(
@@ -141,7 +163,10 @@ class PairGenerationSystem(LightningModule):
             )
         use = torch.tensor([bool(job.get("with_identity", True)) for job in batch])
         states = gen.text_states({k: [job[k] for job in batch] for k in ("p", "p_a", "p_b")}, identity, use)
-        poses = [self.bank.pixels(job["pose_id"], size, size) for job in batch]
+        poses = [
+            job["keypoints"] if "keypoints" in job else self.bank.pixels(job["pose_id"], size, size)
+            for job in batch
+        ]
         pose = None
         if self.hparams.use_pose:
             drawn = np.stack([draw_pose_pair(k, size, size) for k in poses])  # (B, H, 2W, 3) uint8
@@ -161,7 +186,12 @@ class PairGenerationSystem(LightningModule):
                     f"edit_mask has no lambda for task(s) {sorted(missing)}; add them to edit_mask"
                 )
             thresholds = torch.tensor([lam[job["task"]] if isinstance(lam, dict) else lam for job in batch])
-        canvas = gen.generate(states, noise, churn, pose, thresholds)
+        source = None
+        if self.hparams.world_sources:
+            images = torch.from_numpy(np.stack([job["source"] for job in batch])).permute(0, 3, 1, 2)
+            images = (images.float() / 127.5 - 1.0).to(self.device, gen.vae.dtype)
+            source = gen.vae.encode(images).latent_dist.mode() * gen.vae.config.scaling_factor
+        canvas = gen.generate(states, noise, churn, pose, thresholds, source)
         similarity = [None] * len(batch)
         if self.hparams.use_identity:
             left, right = (gen.identity(half).flatten(1) for half in canvas.split(size, dim=-1))
@@ -180,7 +210,8 @@ class PairGenerationSystem(LightningModule):
             "description": job.get("description"),
             "scales": {"guidance": h.guidance, "s_d": h.s_d, "s_a": h.s_a, "s_b": h.s_b, "steps": h.steps,
                        "s_churn": h.s_churn, "s_tmin": h.s_tmin, "s_tmax": h.s_tmax, "s_noise": h.s_noise,
-                       "twin_noise": h.twin_noise, "source_alone": h.source_alone, "edit_mask": h.edit_mask},
+                       "twin_noise": h.twin_noise, "source_alone": h.source_alone, "edit_mask": h.edit_mask,
+                       "world_sources": h.world_sources},
             "ablations": {"pose": h.use_pose, "identity": h.use_identity},
             "keypoints": np.round(keypoints, 3).tolist(),
             "identity_similarity": None if similarity is None else round(similarity, 5),
@@ -192,7 +223,7 @@ class PairGenerationSystem(LightningModule):
             "__index__": job["index"],
             "__shard__": job["shard"],
             "__shard_len__": job["shard_len"],
-            "src.png": np.ascontiguousarray(image[:, :size]),
+            "src.png": job["source"] if "source" in job else np.ascontiguousarray(image[:, :size]),
             "tgt.png": np.ascontiguousarray(image[:, size:]),
             "json": meta,
         }
