@@ -382,5 +382,7 @@ def test_world_sources_keep_the_given_latent_as_x_a_and_draw_only_x_b_beside_it(
     assert sample["json"]["p_b"] == pair.prompts["p_b"] and sample["json"]["scales"]["world_sources"] is True
     assert sample["json"]["identity_source"] == f"world:{pair.meta['identity_seed']}"
     assert np.array_equal(sample["pose.png"], draw_pose_pair(pair.keypoints, SIZE, SIZE)[:, :SIZE])
+    with pytest.raises(ValueError, match="world_sources reads jobs of .*WorldPairsDataModule"):
+        s.predict_step(jobs(assets, 2), 0)
     with pytest.raises(ValueError, match="world_sources needs twin_noise and source_alone"):
         system(assets, source_alone=True, world_sources=True)

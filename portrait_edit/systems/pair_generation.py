@@ -145,6 +145,12 @@ class PairGenerationSystem(LightningModule):
     def world_job(self, job: dict) -> dict:
         """A WorldPairsDataModule job (seed, direction) as a pair job whose x_A is the world portrait: its
         prompts, identity, pose keypoints ("keypoints") and image ("source", uint8 (H, W, 3))."""
+        if "pose_id" in job:
+            raise ValueError(
+                "world_sources reads jobs of portrait_edit.data.world_pairs.WorldPairsDataModule (seed, "
+                "direction); this job has a pose id and an identity of its own (PairJobsDataModule): set "
+                "the data class_path (configs/mini/ablations/world_sources_generate.yaml)"
+            )
         pair = make_pair(job["seed"], job["direction"], size=self.hparams.image_size)
         return {
             **job, **pair.prompts, "task": pair.task, "gender": pair.gender,
