@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from portrait_edit.metrics.image import ssim
 from portrait_edit.models.clip_pair import build_clip, export_clip
 from portrait_edit.models.components import load_image_encoder, load_tokenizer
 from portrait_edit.models.direction_classifier import DirectionClassifier, DirectionClassifierConfig
 from portrait_edit.models.identity_encoder import IdentityEncoder, IdentityEncoderConfig
 from portrait_edit.models.world_probe import WorldProbe, WorldProbeConfig
+from portrait_edit.world import make_pair
 from portrait_edit.world.faces import make_face
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +43,7 @@ def test_pair_figures_by_hand():
         attr_right=torch.stack([attr[0], white[1]]),
         attr_face=torch.stack([attr[0], 2 * white[1]]),
         halves_ssim=torch.tensor([0.9, 0.5]),
+        exact_ssim=(torch.tensor([0.8, float("nan")]), torch.tensor([0.7, float("nan")])),
     )
     assert values["left_source"].tolist() == [1.0, 0.0]
     assert values["right_target"].tolist() == [1.0, 1.0]
@@ -51,6 +54,27 @@ def test_pair_figures_by_hand():
     assert tool.summary(values, np.array([False, True]))["both"] == 0.0
     assert tool.summary(values)["left_source"] == 0.5
     assert tool.summary(values)["halves_ssim"] == pytest.approx(0.7)
+    # The exact-target figures average over the pairs that have one; none: None (the table's n/a).
+    assert tool.summary(values)["right_exact_ssim"] == pytest.approx(0.8)
+    assert tool.summary(values, np.array([False, True]))["left_exact_ssim"] is None
+
+
+def test_exact_target_figures_only_for_pairs_drawn_beside_a_world_portrait():
+    """A world-sourced pair whose right half is the world's exact target scores 1, its left half (the
+    unedited portrait) what the portrait itself scores; a pair of drawn halves has no exact target."""
+    tool = _tool()
+    seed = 1234
+    pair = make_pair(seed, "santa", size=SIZE)
+    left = tool.to_float(np.stack([pair.src, pair.src]))
+    right = tool.to_float(np.stack([pair.gt, pair.gt]))
+    meta = [{"seed": seed, "direction": "santa", "scales": {"world_sources": True}},
+            {"seed": seed, "direction": "santa", "scales": {"world_sources": False}}]  # fmt: skip
+    right_ssim, left_ssim = tool.exact_ssim(left, right, meta)
+    assert right_ssim[0].item() == pytest.approx(1.0, abs=1e-5)
+    gt = tool.to_float(pair.gt[None])
+    assert left_ssim[0].item() == pytest.approx(ssim(tool.to_float(pair.src[None]), gt).item())
+    assert left_ssim[0].item() < 0.95  # santa changes clothes, hat and beard
+    assert torch.isnan(right_ssim[1]) and torch.isnan(left_ssim[1])
 
 
 def test_judges_read_pairs_from_a_model_folder(tmp_path):

@@ -12,7 +12,10 @@ For every pair in each variant's shards (left half x_A, right half x_B):
 - identity kept from the source: the attribute distance between the left half and the identity source's
   face (world people: their neutral front view);
 - how alike the halves are: their SSIM (the world's exact pairs: about 0.97 for expressions, whose edit
-  region is small).
+  region is small);
+- against the world's truth, for pairs drawn beside a world portrait (`world_sources`: x_A is the
+  portrait of the pair's seed, so the world knows the exact edit of it): the SSIM of the right half to the
+  exact target, and of the left half (no edit at all) for scale; other pairs have no exact target (n/a).
 Ablations are compared on the pairs all variants share (pairs come from the global job index, so pair i
 of every variant has the same prompts, pose and seed). Writes <out>/mini_pairs.json, <out>/mini_pairs.md,
 <out>/mini_pairs.png (two pairs per direction) and <out>/mini_pairs_ablation.png (per row: one job in
@@ -40,6 +43,7 @@ from portrait_edit.models.direction_classifier import DirectionClassifier
 from portrait_edit.models.identity_encoder import IdentityEncoder, encode_identity
 from portrait_edit.models.world_probe import WorldProbe
 from portrait_edit.paths import DATA_DIR
+from portrait_edit.world import make_pair
 from portrait_edit.world.faces import make_face
 
 DEFAULT_VARIANTS = (
@@ -56,6 +60,8 @@ METRICS = {
     "attr_distance": "attribute distance of the halves",
     "source_distance": "attribute distance, left vs source face",
     "halves_ssim": "SSIM of the halves",
+    "right_exact_ssim": "SSIM of the right half to the exact target",
+    "left_exact_ssim": "SSIM of the left half to the exact target",
 }
 
 
@@ -116,10 +122,12 @@ def pair_figures(
     attr_right: torch.Tensor,
     attr_face: torch.Tensor,
     halves_ssim: torch.Tensor,
+    exact_ssim: tuple[torch.Tensor, torch.Tensor],
 ) -> dict[str, np.ndarray]:
     """Each metric of METRICS per pair, float (N,), from the readings: the classifier's labels of the left
     and right halves (N,) and the pairs' direction labels (N,); c_id of the halves (N, K * d); attributes
-    (N, 6) of the halves and of the identity source's face; the SSIM of the halves (N,)."""
+    (N, 6) of the halves and of the identity source's face; the SSIM of the halves (N,); the SSIM of the
+    right and of the left half to the exact target (N,) each, NaN where there is none."""
     out = {
         "left_source": read_left == 0,
         "right_target": read_right == labels,
@@ -128,8 +136,28 @@ def pair_figures(
         "attr_distance": (attr_left - attr_right).norm(dim=1),
         "source_distance": (attr_left - attr_face).norm(dim=1),
         "halves_ssim": halves_ssim,
+        "right_exact_ssim": exact_ssim[0],
+        "left_exact_ssim": exact_ssim[1],
     }
     return {k: v.float().numpy() for k, v in out.items()}
+
+
+def exact_ssim(
+    left: torch.Tensor, right: torch.Tensor, meta: list[dict]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SSIM (N,) of the right and of the left halves (N, 3, S, S) to the world's exact target of each pair
+    drawn beside a world portrait (its json's scales.world_sources: x_A is the world pair of its seed and
+    direction); NaN for the other pairs."""
+    right_ssim, left_ssim = torch.full((len(meta),), float("nan")), torch.full((len(meta),), float("nan"))
+    sourced = [i for i, m in enumerate(meta) if m.get("scales", {}).get("world_sources")]
+    if sourced:
+        exact = to_float(
+            np.stack(
+                [make_pair(meta[i]["seed"], meta[i]["direction"], size=left.shape[-1]).gt for i in sourced]
+            )
+        )
+        right_ssim[sourced], left_ssim[sourced] = ssim(right[sourced], exact), ssim(left[sourced], exact)
+    return right_ssim, left_ssim
 
 
 @torch.no_grad()
@@ -145,11 +173,17 @@ def per_pair(pairs: dict, judges: Judges) -> dict[str, np.ndarray]:
         judges.c_id(right),
         *(judges.attributes(x) for x in (left, right, faces)),
         ssim(left, right),
+        exact_ssim(left, right, pairs["meta"]),
     )
 
 
-def summary(values: dict[str, np.ndarray], pick: np.ndarray | None = None) -> dict[str, float]:
-    return {k: round(float(v[pick].mean() if pick is not None else v.mean()), 4) for k, v in values.items()}
+def summary(values: dict[str, np.ndarray], pick: np.ndarray | None = None) -> dict[str, float | None]:
+    """Mean of each metric over the pairs (`pick`: a selection), over the pairs that have it (None: none)."""
+    out = {}
+    for k, v in values.items():
+        v = v[pick] if pick is not None else v
+        out[k] = None if np.isnan(v).all() else round(float(np.nanmean(v)), 4)
+    return out
 
 
 def tile_row(pairs: dict, index: list[int]) -> np.ndarray:
@@ -230,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     header = "| | " + " | ".join(METRICS.values()) + " |\n" + "|---" * (len(METRICS) + 1) + "|\n"
 
     def line(name: str, m: dict) -> str:
-        return f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in METRICS) + " |\n"
+        return f"| {name} | " + " | ".join("n/a" if m[k] is None else f"{m[k]:.3f}" for k in METRICS) + " |\n"
 
     table = header + "".join(
         line(d, m) for d, m in {**result["per_direction"], "all": result["full"]}.items()
