@@ -149,7 +149,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         per_direction[direction].update(iou_best=float(ious.max()), lambda_best=LAMBDAS[int(ious.argmax())])
     overall = {k: float(np.mean(rows[k])) for k in rows if k != "direction"}
     overall["iou_best"] = float(np.mean([m["iou_best"] for m in per_direction.values()]))
-    return {"per_direction": per_direction, "overall": overall, "sheet": np.concatenate(sheet, axis=0)}
+    return {"per_direction": per_direction, "overall": overall, "scales": editor.scales,
+            "sheet": np.concatenate(sheet, axis=0)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     for direction, m in {**result["per_direction"], "all": result["overall"]}.items():
         lines.append(f"| {direction} | " + " | ".join(f"{m[k]:.3f}" if k in m else "" for k in names) + " |")
     table = "\n".join(lines)
-    atomic_write_bytes(out / "mini_edit.md", (f"`{result['command']}`\n\n{table}\n").encode())
+    scales = " / ".join(f"{result['scales'][k]:g}" for k in ("image", "spatial", "text"))
+    header = f"`{result['command']}`\n\nguidance scales (image / spatial / text, the export's): {scales}"
+    atomic_write_bytes(out / "mini_edit.md", f"{header}\n\n{table}\n".encode())
     print(table)
     return 0
 
