@@ -1,6 +1,5 @@
 """SD component loaders: presets, local folders, single SD checkpoints, hub ids offline, and errors."""
 
-import importlib.util
 import logging
 import socket
 from pathlib import Path
@@ -10,6 +9,7 @@ import torch
 from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel, UniPCMultistepScheduler
 from huggingface_hub import constants as hub_constants
 from safetensors.torch import load_file
+from tool_loader import load_tool
 from transformers import CLIPTextModel, CLIPVisionModelWithProjection
 
 from portrait_edit import paths
@@ -17,15 +17,10 @@ from portrait_edit.models import components as C
 from portrait_edit.models import parts as P
 from portrait_edit.models.sources import preset_names
 
-REPO = Path(__file__).resolve().parents[1]
 MODEL_PARTS = ("vae", "unet", "text_encoder", "image_encoder", "controlnet")
 
 
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_tool = load_tool
 
 
 @pytest.fixture

@@ -1,11 +1,10 @@
 """tools/eval_mini_base.py end to end on a model folder assembled from tiny components (32 x 32)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from tool_loader import load_tool
 
 from portrait_edit.models.clip_pair import build_clip, export_clip
 from portrait_edit.models.components import load_components, load_tokenizer
@@ -13,14 +12,9 @@ from portrait_edit.models.direction_classifier import DirectionClassifier, Direc
 from portrait_edit.models.world_probe import WorldProbe, WorldProbeConfig
 from portrait_edit.world import make_pair
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("eval_mini_base", ROOT / "tools" / "eval_mini_base.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("eval_mini_base")
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,10 @@
 """tools/eval_pairs.py: the per-pair figures by hand, the shipped-judge wiring on tiny real models with
 known answers, and the ablation sheet."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from tool_loader import load_tool
 
 from portrait_edit.metrics.image import ssim
 from portrait_edit.models.clip_pair import build_clip, export_clip
@@ -17,15 +15,11 @@ from portrait_edit.models.world_probe import WorldProbe, WorldProbeConfig
 from portrait_edit.world import make_pair
 from portrait_edit.world.faces import make_face
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("eval_pairs", ROOT / "tools" / "eval_pairs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("eval_pairs")
 
 
 def test_pair_figures_by_hand():

@@ -1,7 +1,6 @@
 """tools/filter_pairs.py on shards written by the real ShardWriter: the per-direction selection against
 hand-computed ranks, byte-identical copies, corrupt samples, merging, refusal and resume."""
 
-import importlib.util
 import json
 import os
 import tarfile
@@ -11,15 +10,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from tool_loader import load_tool
 
 from portrait_edit.data.jobs import ShardedJobs, sample_seed
 from portrait_edit.data.shard_pipeline import PairShardsMapDataset, resolve_shards
 from portrait_edit.data.shard_writer import ShardWriter
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "filter_pairs.py"
-spec = importlib.util.spec_from_file_location("filter_pairs", TOOL)
-tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(tool)
+tool = load_tool("filter_pairs")
 
 # Direction "a": identity and halves' agreement fall together, so both criteria keep the first three.
 # Direction "b": they disagree. Identity ranks (0 = best): i0 0, i2 1, i3 2, i1 3; SSIM ranks (noise

@@ -1,21 +1,18 @@
 """tools/inspect_shards.py on shards written by the real ShardWriter."""
 
-import importlib.util
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image
+from tool_loader import load_tool
 
 from portrait_edit.data.images import encode_png
 from portrait_edit.data.jobs import ShardedJobs, sample_seed
 from portrait_edit.data.shard_writer import ShardWriter
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "inspect_shards.py"
-spec = importlib.util.spec_from_file_location("inspect_shards", TOOL)
-inspect_tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(inspect_tool)
+inspect_tool = load_tool("inspect_shards")
 
 
 def _pixels(index: int) -> dict[str, np.ndarray]:

@@ -1,12 +1,11 @@
 """tools/tune_scales.py: the pick rule by hand, and a sweep on a tiny real MCDM export that resumes from its
 kept scores and writes the pick where the editor reads it."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from tool_loader import load_tool
 
 from portrait_edit.data.world_images import LABELS
 from portrait_edit.models.direction_classifier import DirectionClassifier, DirectionClassifierConfig
@@ -15,14 +14,9 @@ from portrait_edit.models.mcdm import MCDMConditioning
 from portrait_edit.systems.mcdm import MCDMSystem
 from portrait_edit.world import DIRECTIONS
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("tune_scales", ROOT / "tools" / "tune_scales.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("tune_scales")
 
 
 def _scores(ssim: float, fidelity: float) -> dict:

@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from portrait_edit.data.eval_pairs import TUNE_SEED
+from portrait_edit.data.images import to_tensor
 from portrait_edit.data.jobs import sample_seed
 from portrait_edit.data.prompts import prompts_for, task_for_direction
 from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_json
@@ -51,7 +52,7 @@ def key(setting: Setting) -> str:
 
 def as_tensor(images: list[np.ndarray]) -> torch.Tensor:
     """uint8 (H, W, 3) images -> float (B, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return torch.stack([to_tensor(image) for image in images])
 
 
 def score(

@@ -31,7 +31,7 @@ from portrait_edit.world import DIRECTIONS, make_pair
 
 WORLD = "world"
 EVAL_SEED = 20_26_12  # the held-out evaluation stream (tools/eval_edit.py uses the same one)
-# Where settings of an edit are picked (tools/tune_scales.py; the mini mask_at): apart from the evaluation.
+# Where an edit's settings are picked (tools/tune_scales.py: the guidance scales), apart from the evaluation.
 TUNE_SEED = 424242
 FIELDS = ("src.png", "tgt.png", "json")
 
