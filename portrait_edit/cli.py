@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+
+from portrait_edit.data.shard_writer import atomic_write_bytes
+from portrait_edit.run_dir import RunCheckpoint, fill_run_logger, refuse_foreign_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +38,13 @@ class PortraitCLI(LightningCLI):
 
     - Systems and datamodules are chosen in the config by `class_path` (subclass mode).
     - Systems own their optimisers (`configure_optimizers`), so the CLI adds none.
+    - The run dir (`trainer.default_root_dir`) owns the fit's checkpoints and W&B run (run_dir.py): the
+      `checkpoint:` group (`--checkpoint.every_n_train_steps=...`) keeps them in `<run>/checkpoints`, a W&B
+      logger writes into the run dir under the run dir's own id, and a checkpoint that does not fit the
+      config's model (another run's) is refused before fit starts.
     - `config.yaml` is overwritten in a fixed run directory, so a rerun or a requeued job does not crash on
-      the file its previous attempt wrote.
+      the file its previous attempt wrote; a W&B run gets the whole resolved config, not only the system's
+      hyperparameters.
     - `seed_everything` must be an explicit integer: Lightning turns `true` into seed 0, not a random seed.
     - With `--ckpt_path <file>` the config's model settings are used as given (Lightning's CLI would
       overwrite them with the checkpoint's, command-line values included: a resumed run would export
@@ -42,6 +53,7 @@ class PortraitCLI(LightningCLI):
 
     def __init__(self, args: ArgsType = None, run: bool = True, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("save_config_callback", SaveFullConfig)
         kwargs.setdefault(
             "parser_kwargs",
             {"prog": "portrait-edit", "description": "portrait_edit: feature-preserving portrait editing."},
@@ -56,6 +68,21 @@ class PortraitCLI(LightningCLI):
             run=run,
             **kwargs,
         )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+
+    def before_instantiate_classes(self) -> None:
+        subcommand = self.config.get("subcommand")
+        if subcommand == "fit":
+            fill_run_logger(self.config[subcommand].trainer)
+
+    def before_fit(self) -> None:
+        ckpt_path = self.config_init["fit"].get("ckpt_path")
+        checkpoint = next(cb for cb in self.trainer.callbacks if isinstance(cb, RunCheckpoint))
+        path = checkpoint.last_checkpoint(self.trainer) if ckpt_path == "last" else ckpt_path
+        if path and Path(path).is_file():
+            refuse_foreign_checkpoint(path, self.model, self.trainer.default_root_dir)
 
     def parse_arguments(self, parser, args) -> None:
         # Checked right after parsing: Lightning replaces `true` / null by a drawn seed right after this.
@@ -109,10 +136,49 @@ def checkpoint_differences(saved: dict[str, Any], given: dict[str, Any]) -> dict
     }
 
 
+class SaveFullConfig(SaveConfigCallback):
+    """Writes config.yaml (Lightning's) and gives a W&B run the whole resolved config (trainer, model, data,
+    checkpoint) twice: as the run's config (the dashboard's filters) and as `run_config.yaml` in the run's
+    files folder, which an offline run keeps readable and `wandb sync` uploads."""
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.config.update({"config": self.config.as_dict()}, allow_val_change=True)
+                text = self.parser.dump(self.config, skip_none=False)
+                atomic_write_bytes(Path(logger.experiment.dir) / "run_config.yaml", text.encode("utf-8"))
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The project's own ValueError inside `exc` (a config or input error saying what to change), unwrapped
+    from jsonargparse's validation dumps (which chain it as the cause), or None for any other exception."""
+    seen = exc
+    while seen is not None:
+        frames = []
+        tb = seen.__traceback__
+        while tb is not None:
+            frames.append(tb.tb_frame.f_code.co_filename)
+            tb = tb.tb_next
+        if isinstance(seen, ValueError) and frames and f"{os.sep}portrait_edit{os.sep}" in frames[-1]:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def main(args: ArgsType = None) -> None:
-    """Console-script entry point (`portrait-edit` and `python -m portrait_edit`); `args` for use from Python."""
+    """Console-script entry point (`portrait-edit` and `python -m portrait_edit`); `args` for use from Python.
+
+    A config or input error (the project's ValueErrors) is printed as one message and exits with status 2;
+    PORTRAIT_EDIT_TRACEBACK=1 shows the whole traceback instead."""
     _show_project_logs()
-    PortraitCLI(args=args)
+    try:
+        PortraitCLI(args=args)
+    except Exception as exc:
+        error = user_error(exc)
+        if error is None or os.environ.get("PORTRAIT_EDIT_TRACEBACK"):
+            raise
+        print(f"portrait-edit: error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _show_project_logs() -> None:

@@ -60,15 +60,13 @@ def test_checkpoint_differences_names_what_the_config_changes():
 
 
 def tiny_fit_args(tmp_path: Path, shards: Path, export: Path, steps: int, ckpt_path: str) -> list[str]:
-    """`fit` of configs/mini/base_unet.yaml on the tiny preset, keeping last.ckpt in tmp_path/ckpts."""
+    """`fit` of configs/mini/base_unet.yaml on the tiny preset, keeping last.ckpt in tmp_path/checkpoints."""
     small = tmp_path / "small.yaml"
     small.write_text(
         "trainer:\n  logger: false\n  enable_progress_bar: false\n  num_sanity_val_steps: 0\n"
-        "  limit_val_batches: 0\n  callbacks:\n"
-        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-        f"      init_args:\n        dirpath: {tmp_path / 'ckpts'}\n        save_last: true\n"
-        "        every_n_train_steps: 1\n"
+        "  limit_val_batches: 0\n  callbacks: []\n"
         f"  default_root_dir: {tmp_path}\n"
+        "checkpoint:\n  every_n_train_steps: 1\n"
     )
     return [
         "fit",
@@ -106,7 +104,7 @@ def test_resuming_from_a_checkpoint_file_keeps_the_configs_model_settings(tmp_pa
     first, second = tmp_path / "first", tmp_path / "second"
     PortraitCLI(args=tiny_fit_args(tmp_path, shards, first, 1, "null"))
     assert (first / "unet").is_dir() and not second.exists()
-    ckpt = tmp_path / "ckpts" / "last.ckpt"
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
     stamp = (first / "unet").stat().st_mtime_ns
     with caplog.at_level(logging.WARNING, logger="portrait_edit.cli"):
         cli = PortraitCLI(args=tiny_fit_args(tmp_path, shards, second, 2, str(ckpt)))

@@ -200,28 +200,34 @@ def test_killed_and_resumed_training_equals_an_uninterrupted_run(tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_validation_edits_the_first_inputs_into_a_wandb_table(batch, tmp_path, monkeypatch):
+def test_validation_edits_land_in_the_offline_wandb_run_folder(batch, tmp_path, monkeypatch):
+    """The edits are written into the run folder itself (what `wandb sync <folder>` uploads), one PNG per
+    input with x_A | x_B | edit side by side, captioned with p_b."""
     from lightning.pytorch import Trainer
     from lightning.pytorch.loggers import WandbLogger
+    from PIL import Image
     from torch.utils.data import DataLoader
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     system = mcdm(val_edits=1)
+    edit = torch.full((1, 3, SIZE, SIZE), 0.5)
+    monkeypatch.setattr(system, "sample_edits", lambda b: edit.expand(len(b["caption"]), -1, -1, -1))
     logger = WandbLogger(project="portrait_edit", save_dir=str(tmp_path), offline=True)
-    logged = []
-    monkeypatch.setattr(logger.experiment, "log", lambda data, **kw: logged.append(data))
-    monkeypatch.setattr(system, "sample_edits", lambda b: torch.zeros(len(b["caption"]), 3, SIZE, SIZE))
     trainer = Trainer(
         max_steps=1, accelerator="cpu", logger=logger, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1,
     )  # fmt: skip
     trainer.fit(system, DataLoader([batch], batch_size=None), DataLoader([batch], batch_size=None))
-    tables = [d["val/edits"] for d in logged if "val/edits" in d]
-    assert len(tables) == 1 and tables[0].columns == ["x_A", "x_B", "edit", "p_b"]
-    assert len(tables[0].data) == 1 and tables[0].data[0][3] == batch["caption"][0]
+    run_dir = Path(logger.experiment.dir)
     import wandb
 
     wandb.finish()
+    pngs = sorted((run_dir / "media" / "images").glob("val/edits_*.png"))
+    assert run_dir.is_relative_to(tmp_path) and len(pngs) == 1
+    strip = np.asarray(Image.open(pngs[0]).convert("RGB"))
+    assert strip.shape == (SIZE, 3 * SIZE, 3)
+    source = ((batch["source"][0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
+    assert np.array_equal(strip[:, :SIZE], source) and (strip[:, 2 * SIZE :] == 191).all()
 
 
 def test_sample_edits_are_seeded_images(batch):

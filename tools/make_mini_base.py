@@ -46,9 +46,11 @@ from pathlib import Path
 import torch
 import yaml
 
+from portrait_edit import run_dir
 from portrait_edit.cli import PortraitCLI
 from portrait_edit.data.shard_writer import atomic_write_json
 from portrait_edit.paths import DATA_DIR, PRESETS_DIR, REPO_ROOT
+
 
 STAGES = (
     ("pairs", "predict", "configs/mini/base_pairs.yaml"),
@@ -136,8 +138,10 @@ def callback_folder(config: str, callback: str, argument: str) -> Path | None:
 
 
 def checkpoint_dir(config: str) -> Path | None:
-    """The ModelCheckpoint dirpath of a fit config (where `--ckpt_path=last` looks), or None."""
-    return callback_folder(config, "ModelCheckpoint", "dirpath")
+    """Where a fit config's checkpoints go (`<trainer.default_root_dir>/checkpoints`, where
+    `--ckpt_path=last` looks), or None for a config without a run dir."""
+    root = (yaml.safe_load((REPO_ROOT / config).read_text()).get("trainer") or {}).get("default_root_dir")
+    return run_dir.checkpoint_dir(REPO_ROOT / root) if root else None
 
 
 def last_checkpoint_step(config: str) -> int | None:

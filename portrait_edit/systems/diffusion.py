@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_only
 from torch import nn
 
 from portrait_edit.data.keypoints import face_weights
@@ -257,9 +258,32 @@ class DiffusionSystem(LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(latents))
         return loss
 
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:  # fmt: skip
+        # Lightning's mixed-precision plugin refuses to clip for any optimizer that "unscales internally"
+        # (the fused AdamW), bf16 included, where nothing is scaled: with no loss scaler the gradients are
+        # the true ones, so clip them as in full precision. Under a scaler (16-mixed) `_fused_adamw` has
+        # picked foreach, and Lightning unscales before clipping.
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and getattr(plugin, "scaler", None) is None:
+            algorithm = GradClipAlgorithmType(gradient_clip_algorithm or GradClipAlgorithmType.NORM)
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def _fused_adamw(self) -> bool:
+        """AdamW's fused kernel where torch has one, unless a loss scaler must unscale the gradients before
+        they are clipped (16-mixed with gradient clipping: the fused step unscales inside itself)."""
+        trainer = self._trainer
+        scaler = getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
+        clipped = bool(trainer is not None and trainer.gradient_clip_val)
+        return self.device.type in FUSED_ADAMW_DEVICES and not (scaler is not None and clipped)
+
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for module in self.trained.values() for p in module.parameters() if p.requires_grad]
-        fused = self.device.type in FUSED_ADAMW_DEVICES
+        fused = self._fused_adamw()
         optimizer = torch.optim.AdamW(
             params,
             lr=self.hparams.lr,

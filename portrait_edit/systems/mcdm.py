@@ -18,6 +18,7 @@ import torch
 from diffusers import UniPCMultistepScheduler
 from lightning.pytorch.utilities import rank_zero_only
 
+from portrait_edit.data.images import to_uint8
 from portrait_edit.data.shard_writer import atomic_write_bytes
 from portrait_edit.diffusion.conditions import swap_mask
 from portrait_edit.diffusion.masks import MASK_AT
@@ -155,7 +156,9 @@ class MCDMSystem(DiffusionSystem):
 
     def on_validation_epoch_end(self) -> None:
         """Rank 0 edits the first validation inputs (no mask, the export's guidance, UniPC 20 steps) and
-        logs them to W&B as a table of x_A, x_B, the edit and p_b."""
+        logs them to W&B as `val/edits`: one image per input, x_A | x_B | the edit side by side, captioned
+        with p_b. Images logged directly are written into the run folder (a W&B table's images are left in
+        a staging folder outside it in offline runs, and lost when the run folder is synced elsewhere)."""
         batch, self._val_batch = self._val_batch, None
         if batch is None or self.global_rank != 0 or self.trainer.sanity_checking:
             return
@@ -164,19 +167,10 @@ class MCDMSystem(DiffusionSystem):
         logger = next((lg for lg in self.loggers if isinstance(lg, WandbLogger)), None)
         if logger is None or "source" not in batch or "image" not in batch:
             return
-        import wandb
-
         edits = self.sample_edits(batch)
-
-        def picture(x: torch.Tensor) -> wandb.Image:
-            return wandb.Image(((x.float().cpu().permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).byte().numpy())
-
-        rows = [
-            [picture(a), picture(b), picture(e), p]
-            for a, b, e, p in zip(batch["source"], batch["image"], edits, batch["caption"])
-        ]
-        table = wandb.Table(columns=["x_A", "x_B", "edit", "p_b"], data=rows)
-        logger.experiment.log({"val/edits": table, "trainer/global_step": self.global_step})
+        strips = torch.cat([batch["source"].to(edits), batch["image"].to(edits), edits], dim=-1)
+        pictures = [to_uint8(strip) for strip in strips]
+        logger.log_image("val/edits", pictures, step=self.global_step, caption=list(batch["caption"]))
 
     @torch.no_grad()
     def sample_edits(self, batch: dict[str, Any], steps: int = 20, seed: int = 0) -> torch.Tensor:
