@@ -51,7 +51,6 @@ from portrait_edit.cli import PortraitCLI
 from portrait_edit.data.shard_writer import atomic_write_json
 from portrait_edit.paths import DATA_DIR, PRESETS_DIR, REPO_ROOT
 
-
 STAGES = (
     ("pairs", "predict", "configs/mini/base_pairs.yaml"),
     ("vae", "fit", "configs/mini/base_vae.yaml"),
