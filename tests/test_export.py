@@ -51,3 +51,17 @@ def test_save_module_casts_a_copy(tmp_path, tiny_sd):
     for name, tensor in stored.items():
         torch.testing.assert_close(tensor, expected[name].half())
     assert next(vae.parameters()).dtype == torch.float32  # the module itself is left as it was
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_files_follow_the_umask(tmp_path, tiny_sd, umask):
+    """safetensors writes 0600 whatever the umask: a model exported to a group's disk must be readable."""
+    import os
+
+    old = os.umask(umask)
+    try:
+        folder = save_module(AutoencoderKL.from_config(tiny_sd.vae.config), tmp_path / "vae", torch.float16)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
+    assert modes == {"config.json": 0o666 & ~umask, "diffusion_pytorch_model.safetensors": 0o666 & ~umask}

@@ -246,7 +246,10 @@ def test_identity_configs_run_end_to_end_on_the_tiny_preset(tmp_path):
     assert (tmp_path / "export" / "identity_encoder" / "config.json").is_file()
 
 
-def test_faces_without_metadata_get_clip_zero_shot_genders_cached(tmp_path, clip_tokenizer):
+@pytest.mark.parametrize("edit_inputs", [False, True], ids=["faces", "edit_inputs"])
+def test_faces_without_metadata_get_clip_zero_shot_genders_cached(tmp_path, clip_tokenizer, edit_inputs):
+    """Stage 1's faces and stage 4's edit inputs (a folder of photos with no genders file) alike."""
+    from portrait_edit.data.edit_inputs import EditInputsDataModule
     from portrait_edit.models.clip_pair import build_clip, export_clip
     from portrait_edit.models.zero_shot import ZeroShotGender
 
@@ -257,14 +260,20 @@ def test_faces_without_metadata_get_clip_zero_shot_genders_cached(tmp_path, clip
     for i in range(5):
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
     pixels = dict(clip_image_size=32, clip_image_mean=[0.5] * 3, clip_image_std=[0.5] * 3)
-    cache = tmp_path / "genders.json"
-    dm = FaceImagesDataModule(
+    cache = tmp_path / "cache" / "genders.json"  # its folder does not exist yet
+    module, extra = (
+        (EditInputsDataModule, {"output_dir": str(tmp_path / "edits")})
+        if edit_inputs
+        else (FaceImagesDataModule, {})
+    )
+    dm = module(
         root=str(folder),
         image_size=32,
         num_workers=0,
         gender_clip=str(tmp_path / "clip"),
         gender_cache=str(cache),
         **pixels,
+        **extra,
     )
     dm.setup("fit")
     classify = ZeroShotGender.load(

@@ -122,6 +122,28 @@ def collate_faces(items: list[dict[str, Any] | None]) -> dict[str, Any] | None:
     }
 
 
+class _Indexed(Dataset):
+    """The images of some items of a face dataset (or a subclass, such as the edit inputs) with their
+    indices: (index, image), or None for an unreadable item."""
+
+    def __init__(self, dataset: Dataset, indices: list[int]) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[int, torch.Tensor] | None:
+        item = self.dataset[self.indices[k]]
+        return None if item is None or "image" not in item else (self.indices[k], item["image"])
+
+
+def _collate_indexed(
+    items: list[tuple[int, torch.Tensor] | None],
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    good = [x for x in items if x is not None]
+    return (torch.tensor([i for i, _ in good]), torch.stack([x for _, x in good])) if good else None
+
+
 def face_loader(
     dataset: Dataset, batch_size: int, num_workers: int, seed: int, train: bool, collate_fn=None
 ) -> DataLoader:
@@ -152,7 +174,8 @@ class FaceImagesDataModule(LightningDataModule):
             openai/clip-vit-large-patch14 or `mini`); None: every face needs metadata.
         clip_image_size, clip_image_mean, clip_image_std: how faces are shown to that CLIP (None: OpenAI's).
         gender_cache: JSON file the zero-shot genders are written to and read back from on later runs.
-        val_samples: faces (the last by name) held out for validation; 0 disables validation.
+        val_samples: faces (the last by name) held out for validation, at most a tenth of the folder (a
+            small folder keeps most of its faces to train on; the number used is logged); 0 disables it.
         seed: seeds the training shuffle.
     """
 
@@ -214,16 +237,14 @@ class FaceImagesDataModule(LightningDataModule):
             image_std=hp.clip_image_std,
         )
         loader = DataLoader(
-            torch.utils.data.Subset(ds, missing),
-            batch_size=64,
-            num_workers=hp.num_workers,
-            collate_fn=collate_faces,
+            _Indexed(ds, missing), batch_size=64, num_workers=hp.num_workers, collate_fn=_collate_indexed
         )
         found: dict[str, str] = {}
         for batch in tqdm(loader, desc=f"zero-shot gender ({hp.gender_clip})", unit="batch"):
             if batch is None:
                 continue
-            for i, word in zip(batch["identity"].tolist(), classify(batch["image"])):  # identity = index
+            indices, images = batch
+            for i, word in zip(indices.tolist(), classify(images)):
                 ds.genders[i] = found[ds.names[i]] = word
         counts = {w: ds.genders.count(w) for w in GENDER_WORDS}
         log.info("zero-shot gender of %d faces with %s: %s", len(found), hp.gender_clip, counts)
@@ -238,12 +259,22 @@ class FaceImagesDataModule(LightningDataModule):
     def _split(self) -> int:
         if self.dataset is None:
             self.setup("fit")
-        split = len(self.dataset) - self.hparams.val_samples
-        if split < 1:
-            raise ValueError(
-                f"val_samples={self.hparams.val_samples} leaves no training faces of {len(self.dataset)}"
+        total, asked = len(self.dataset), self.hparams.val_samples
+        held_out = min(asked, total // 10)
+        if held_out < asked:
+            log.info(
+                "val_samples=%d of %d faces under %s: holding out %d (a tenth)",
+                asked,
+                total,
+                self.hparams.root,
+                held_out,
             )
-        return split
+        if total - held_out < self.hparams.batch_size:
+            raise ValueError(
+                f"{self.hparams.root!r} has {total} faces, {total - held_out} to train on: fewer than one batch "
+                f"(batch_size={self.hparams.batch_size}); add faces or lower data.init_args.batch_size"
+            )
+        return total - held_out
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(np.arange(self._split()), train=True)
@@ -251,5 +282,7 @@ class FaceImagesDataModule(LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         split = self._split()
         return (
-            self._loader(np.arange(split, len(self.dataset)), train=False) if self.hparams.val_samples else []
+            self._loader(np.arange(split, len(self.dataset)), train=False)
+            if split < len(self.dataset)
+            else []
         )

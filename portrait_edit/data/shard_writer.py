@@ -78,8 +78,10 @@ def flat_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a file so that readers see either the old content or the complete new one, never a part."""
+    """Write a file so that readers see either the old content or the complete new one, never a part
+    (its folder is made when missing)."""
     path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(data)

@@ -194,6 +194,7 @@ class SDComponents:
 def load_components(
     base: str,
     *,
+    vae: str | None = None,
     image_encoder: str | None = None,
     controlnet: str | None = None,
     parts: tuple[str, ...] | list[str] = PARTS,
@@ -207,6 +208,8 @@ def load_components(
 
     Args:
         base: source of the VAE, UNet, text encoder, tokenizer and scheduler (preset, checkpoint, folder, id).
+        vae: another source of the VAE (None: the base's), e.g. `stabilityai/sd-vae-ft-mse` beside
+            `SG161222/Realistic_Vision_V4.0_noVAE`, whose own VAE is SD 1.5's.
         image_encoder: source of the CLIP image encoder; defaults to `base` when it is a preset or a local folder with an image_encoder/ (else required).
         controlnet: source of the OpenPose ControlNet; defaults to `base` when it is a preset or a local folder with a controlnet/ (else required).
         parts: which of PARTS to load; the others stay None.
@@ -230,6 +233,7 @@ def load_components(
                 f"{MODEL_PARTS[name].example!r} or a local folder), or leave {name!r} out of parts"
             )
         sources[name] = given or base
+    sources["vae"] = vae or base
     common = {"local_files_only": local_files_only, "single_file_config": single_file_config}
     loaded: dict[str, Any] = {}
     for name in parts:

@@ -4,6 +4,7 @@ beside its final place and is swapped in (the old one renamed aside, then remove
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -23,11 +24,21 @@ def replace_folder(final: str | Path, write: Callable[[Path], Any]) -> Path:
     for stale in (tmp, old):
         shutil.rmtree(stale, ignore_errors=True)
     write(tmp)
+    _umask_modes(tmp)
     if final.exists():
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _umask_modes(folder: Path) -> None:
+    """Give every file the mode the user's umask asks for: safetensors writes its files 0600 whatever it is,
+    so a model exported on a shared cluster disk would be unreadable to the rest of the group."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def save_module(module: nn.Module, folder: str | Path, dtype: torch.dtype) -> Path:

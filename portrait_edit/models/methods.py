@@ -4,8 +4,9 @@ A `MethodSpec` names a row of the table and how to build it:
 - kind "mcdm": an MCDM export (`model`), with the model-made mask (Ours, and the ablation checkpoints
   "w/o Prt", "w/o Spt", "w/o Iemb") or without it (`use_mask: false`, "w/o Mask"); lambda per task
   unless `threshold` is set;
-- kind "sdedit": SDEdit at `strength` on the text-to-image base (`model`: a base source);
-- kind "diffedit": DiffEdit on the base.
+- kind "sdedit": SDEdit at `strength` on the text-to-image base (`model`: a base source; None: the
+  evaluation's `base`, so a table names its base once);
+- kind "diffedit": DiffEdit on the base (the same).
 Every method gets the same inputs and per-input seeds, so rows differ only by the method. The call
 returns `BaselineEdit`: images float (B, 3, H, W) in [-1, 1] and, for methods that make one, the mask
 float (B, H, W) in {0, 1} at image resolution.
@@ -34,7 +35,8 @@ class MethodSpec:
     Args:
         name: the row's name ("Ours", "SDEdit 0.5", "w/o Mask").
         kind: "mcdm", "sdedit" or "diffedit".
-        model: the MCDM export folder (mcdm) or the base model source (sdedit, diffedit).
+        model: the MCDM export folder (mcdm) or the base model source (sdedit, diffedit; None: the
+            evaluation's base).
         use_mask: mcdm only: edit with the model-made mask (Eq. 3) or without it.
         keep_source: mcdm only, past the paper: also hold x_A's latents outside the mask at every step.
         threshold: mcdm only: lambda of the mask; None: per task (costume 0.2, expression 0.35).
@@ -44,7 +46,7 @@ class MethodSpec:
 
     name: str
     kind: str
-    model: str
+    model: str | None = None
     use_mask: bool = True
     keep_source: bool = False
     threshold: float | None = None
@@ -54,6 +56,8 @@ class MethodSpec:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"method {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == "mcdm" and not self.model:
+            raise ValueError(f"method {self.name!r}: an mcdm row needs `model`, the export folder")
         if self.steps < 1:
             raise ValueError(f"method {self.name!r}: steps must be >= 1, got {self.steps}")
         if self.keep_source and not (self.kind == "mcdm" and self.use_mask):
@@ -99,8 +103,20 @@ class MCDMMethod:
 class BaseModelMethod:
     """SDEdit or DiffEdit on a base model; DiffEdit's latent mask is upsampled to the image size."""
 
-    def __init__(self, spec: MethodSpec, device: str = "cpu") -> None:
-        components = load_components(spec.model, parts=PARTS, torch_dtype=torch.float32)
+    def __init__(
+        self,
+        spec: MethodSpec,
+        device: str = "cpu",
+        vae: str | None = None,
+        single_file_config: str | None = None,
+    ) -> None:
+        if not spec.model:
+            raise ValueError(
+                f"method {spec.name!r}: no base model (set the evaluation's `base` or the row's model)"
+            )
+        components = load_components(
+            spec.model, vae=vae, parts=PARTS, torch_dtype=torch.float32, single_file_config=single_file_config
+        )
         for part in ("vae", "unet", "text_encoder"):
             getattr(components, part).to(device)
         self.spec = spec
@@ -123,5 +139,11 @@ class BaseModelMethod:
         return BaselineEdit(out.images, mask)
 
 
-def build_method(spec: MethodSpec, device: str = "cpu") -> MCDMMethod | BaseModelMethod:
-    return MCDMMethod(spec, device) if spec.kind == "mcdm" else BaseModelMethod(spec, device)
+def build_method(
+    spec: MethodSpec, device: str = "cpu", vae: str | None = None, single_file_config: str | None = None
+) -> MCDMMethod | BaseModelMethod:
+    """The row's method; `vae` / `single_file_config` are the base's (as in load_components), for the
+    baselines."""
+    if spec.kind == "mcdm":
+        return MCDMMethod(spec, device)
+    return BaseModelMethod(spec, device, vae, single_file_config)

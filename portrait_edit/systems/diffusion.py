@@ -54,6 +54,10 @@ class DiffusionSystem(LightningModule):
     Args:
         base: source of the VAE, UNet, text encoder and tokenizer (a preset such as `mini`, a local
             diffusers folder, a single SD checkpoint or a hub id; see models/parts.py).
+        vae: another source of the VAE (None: the base's; RealisticVision's noVAE repo is meant to be used
+            with `stabilityai/sd-vae-ft-mse`).
+        single_file_config: when `base` is a single SD checkpoint, the preset or local diffusers folder giving
+            its architecture (None: the shipped SD 1.5 configs).
         conditioning: how a batch becomes the UNet's inputs (a class_path such as
             portrait_edit.models.conditioning.PoseControlConditioning); None: TextConditioning() (not a
             lazy_instance: that one object would be shared, and bound, by every system built in-process).
@@ -87,6 +91,8 @@ class DiffusionSystem(LightningModule):
         base: str = "mini",
         conditioning: Conditioning | None = None,
         train_unet: bool = True,
+        vae: str | None = None,
+        single_file_config: str | None = None,
         lr: float = 1e-4,
         weight_decay: float = 1e-2,
         warmup_steps: int = 0,
@@ -124,8 +130,9 @@ class DiffusionSystem(LightningModule):
         parts = ("vae", "unet", *conditioning.parts)
         # Training keeps float32 master weights whatever the stored dtype; bf16-mixed autocasts the compute.
         components = load_components(
-            base, parts=parts, torch_dtype=torch.float32, local_files_only=local_files_only, seed=seed
-        )
+            base, vae=vae, parts=parts, torch_dtype=torch.float32, local_files_only=local_files_only,
+            single_file_config=single_file_config, seed=seed,
+        )  # fmt: skip
         if from_scratch:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)

@@ -11,6 +11,7 @@ the figures and one of the pictures. Every item's edit depends on its own seed o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -45,6 +46,9 @@ class EvaluationSystem(LightningModule):
 
     Args:
         methods: the table's rows, in order (MethodSpec: name, kind, model, ...).
+        base: the base model of the baseline rows (SDEdit, DiffEdit) that name no `model` of their own: the
+            SD 1.5-family model the pairs were generated with, named once for the table.
+        vae, single_file_config: the base's VAE source and single-file architecture (as DiffusionSystem).
         output_dir: where table.md / table.csv / table.json / index.html go.
         title: the table's title.
         classifier: direction-classifier folder (fidelity); None: unavailable.
@@ -63,6 +67,9 @@ class EvaluationSystem(LightningModule):
     def __init__(
         self,
         methods: list[MethodSpec],
+        base: str | None = None,
+        vae: str | None = None,
+        single_file_config: str | None = None,
         output_dir: str = "outputs/eval",
         title: str = "Editing evaluation",
         classifier: str | None = None,
@@ -81,8 +88,13 @@ class EvaluationSystem(LightningModule):
         if not methods or len(set(names)) != len(names):
             raise ValueError(f"give at least one method, each with its own name; got {names}")
         self.save_hyperparameters()
-        self.specs = list(methods)
-        self.methods = [build_method(spec) for spec in methods]
+        self.specs = [
+            spec if spec.model or spec.kind == "mcdm" else dataclasses.replace(spec, model=base)
+            for spec in methods
+        ]
+        self.methods = [
+            build_method(spec, vae=vae, single_file_config=single_file_config) for spec in self.specs
+        ]
         self.judges = EditJudges(
             classifier,
             image_encoder,
@@ -101,9 +113,12 @@ class EvaluationSystem(LightningModule):
         self.caches = {
             spec.name: ItemCache(
                 f"{output_dir}/cache",
-                {"method": {**vars(spec), "name": None}, "model": fingerprint(spec.model), "judges": judged_by},
+                {
+                    "method": {**vars(spec), "name": None}, "model": fingerprint(spec.model),
+                    "vae": None if spec.kind == "mcdm" else fingerprint(vae), "judges": judged_by,
+                },
             )
-            for spec in methods
+            for spec in self.specs
         } if cache else {}  # fmt: skip
         self._items: list[dict[str, Any]] = []
 

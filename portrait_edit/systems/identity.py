@@ -31,14 +31,16 @@ class IdentityEncoderSystem(DiffusionSystem):
         identity_contrastive: weight of the InfoNCE term between the c_id of the denoised face and of its
             "reference" view (0: the paper's loss; > 0 needs batches with a "reference").
         contrastive_temperature: its softmax temperature over cosine similarities.
-        lr, weight_decay, warmup_steps, use_ema, ema_decay, snr_gamma, seed, export_dir, export_dtype,
-        local_files_only: as in DiffusionSystem; the export writes `<export_dir>/identity_encoder/`.
+        vae, single_file_config, lr, weight_decay, warmup_steps, use_ema, ema_decay, snr_gamma, seed,
+        export_dir, export_dtype, local_files_only: as in DiffusionSystem; the export writes `<export_dir>/identity_encoder/`.
     """
 
     def __init__(
         self,
         base: str = "mini",
         conditioning: IdentityConditioning | None = None,
+        vae: str | None = None,
+        single_file_config: str | None = None,
         embedding_l1: float = 0.01,
         identity_contrastive: float = 0.0,
         contrastive_temperature: float = 0.1,
@@ -62,6 +64,8 @@ class IdentityEncoderSystem(DiffusionSystem):
             )
         super().__init__(
             base=base,
+            vae=vae,
+            single_file_config=single_file_config,
             conditioning=IdentityConditioning() if conditioning is None else conditioning,
             train_unet=False,
             lr=lr,

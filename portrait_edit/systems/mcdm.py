@@ -96,6 +96,8 @@ class MCDMSystem(DiffusionSystem):
         self,
         base: str = "mini",
         conditioning: MCDMConditioning | None = None,
+        vae: str | None = None,
+        single_file_config: str | None = None,
         p_swap: float = 0.05,
         scales: dict[str, float] | None = None,
         mask_at: float = MASK_AT,
@@ -122,6 +124,8 @@ class MCDMSystem(DiffusionSystem):
             raise ValueError(f"MCDMSystem needs an MCDMConditioning, got {type(conditioning).__name__}")
         super().__init__(
             base=base,
+            vae=vae,
+            single_file_config=single_file_config,
             conditioning=conditioning,
             train_unet=True,
             lr=lr,
@@ -203,6 +207,7 @@ class MCDMSystem(DiffusionSystem):
         replace_folder(out / "scheduler", UniPCMultistepScheduler(**SCHEDULER).save_pretrained)
         settings = {
             "base": self.hparams.base,
+            "vae": self.hparams.vae,
             "use_spatial": c.use_spatial,
             "use_image": c.use_image,
             "num_image_tokens": c.adapter_sizes[0],

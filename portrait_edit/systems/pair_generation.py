@@ -37,6 +37,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class PairGenerationSystem(LightningModule):
     """Args:
     base: SD source (preset, folder, single file, hub id).
+    vae, single_file_config: another VAE source; a single-file base's architecture (as DiffusionSystem).
     pose_bank: the pose bank JSON the jobs' pose ids index.
     controlnet: OpenPose ControlNet source (None with a preset base: the preset's).
     identity_encoder: folder of a trained identity encoder (None: the base's `identity_encoder/` when the
@@ -66,6 +67,8 @@ class PairGenerationSystem(LightningModule):
         self,
         base: str = "mini",
         pose_bank: str = "data/mini/pose_bank.json",
+        vae: str | None = None,
+        single_file_config: str | None = None,
         controlnet: str | None = None,
         identity_encoder: str | None = None,
         image_encoder: str | None = None,
@@ -104,6 +107,8 @@ class PairGenerationSystem(LightningModule):
         parts += ("image_encoder",) if use_identity else ()
         c = load_components(
             base,
+            vae=vae,
+            single_file_config=single_file_config,
             controlnet=controlnet,
             image_encoder=image_encoder,
             parts=parts,
