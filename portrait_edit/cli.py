@@ -8,6 +8,8 @@ flags, later files winning.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
@@ -147,6 +150,23 @@ class SaveFullConfig(SaveConfigCallback):
                 logger.experiment.config.update({"config": self.config.as_dict()}, allow_val_change=True)
                 text = self.parser.dump(self.config, skip_none=False)
                 atomic_write_bytes(Path(logger.experiment.dir) / "run_config.yaml", text.encode("utf-8"))
+
+
+def resolve_config(args: list[str]) -> dict[str, Any]:
+    """The config `portrait-edit <args>` would run (its `--config` files stacked, its overrides applied),
+    resolved and validated without building anything, for tools that read a stage's settings.
+
+    Raises:
+        ValueError: the arguments do not parse (the parser's message).
+    """
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            PortraitCLI(args=[*args, "--print_config"])
+        except SystemExit as stop:
+            if stop.code not in (None, 0):
+                raise ValueError(f"portrait-edit {' '.join(args)}: {err.getvalue().strip()}") from None
+    return yaml.safe_load(out.getvalue())
 
 
 def user_error(exc: BaseException) -> BaseException | None:

@@ -40,15 +40,28 @@ def test_there_are_configs_to_check():
     assert STAGES and PIECES
 
 
+def stacked_on(path: Path) -> list[Path]:
+    """The configs a stage's first-line command stacks, in order (the stage itself last)."""
+    words = path.read_text().splitlines()[0].split()
+    named = [CONFIGS.parent / words[k + 1] for k, w in enumerate(words) if w == "--config"]
+    return named if named and named[-1].resolve() == path.resolve() else [path]
+
+
 @pytest.mark.parametrize("path", STAGES, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_stage_config_parses_against_the_code(path, capsys):
-    raw = yaml.safe_load(path.read_text())
+    """A stage config alone, or stacked as its first line runs it (generate_val.yaml on generate.yaml)."""
+    stack = stacked_on(path)
+    raw = {}
+    for config in stack:
+        for key, value in (yaml.safe_load(config.read_text()) or {}).items():
+            raw.setdefault(key, value)
     seed = raw.get("seed_everything")
     assert isinstance(seed, int) and not isinstance(seed, bool), f"{path}: seed_everything must be an integer"
-    resolved = print_config(capsys, subcommand_of(path), "--config", str(path))
+    resolved = print_config(capsys, subcommand_of(path), *[a for c in stack for a in ("--config", str(c))])
     assert resolved["seed_everything"] == seed
     assert resolved["model"]["class_path"] == raw["model"]["class_path"]
     assert resolved["data"]["class_path"] == raw["data"]["class_path"]
+    assert_applied(resolved, yaml.safe_load(path.read_text()), path.name)
 
 
 def assert_applied(resolved, piece, where: str) -> None:

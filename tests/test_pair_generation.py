@@ -386,3 +386,15 @@ def test_world_sources_keep_the_given_latent_as_x_a_and_draw_only_x_b_beside_it(
         s.predict_step(jobs(assets, 2), 0)
     with pytest.raises(ValueError, match="world_sources needs twin_noise and source_alone"):
         system(assets, source_alone=True, world_sources=True)
+
+
+def test_a_generation_whose_pose_bank_is_not_the_jobs_is_refused(assets, tmp_path):
+    from lightning.pytorch import Trainer
+
+    world_pose_bank(16, seed=1).save(tmp_path / "other.json")
+    dm = PairJobsDataModule(num_samples=2, pose_bank=str(tmp_path / "other.json"), identities=5, shard_size=2)
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(
+        ValueError, match=r"model.init_args.pose_bank \(.*bank.json, 16 poses\) is not the bank"
+    ):
+        trainer.predict(system(assets), datamodule=dm, return_predictions=False)

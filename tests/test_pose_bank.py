@@ -60,3 +60,18 @@ def test_world_bank_command_line(tmp_path):
     assert run.returncode == 0, run.stderr
     data = json.loads(out.read_text())
     assert len(data["poses"]) == 7 and data["command"].endswith("--world --count 7 --out " + str(out))
+
+
+def test_missing_annotator_weights_are_named_with_where_to_put_them(tmp_path, monkeypatch):
+    from portrait_edit.data.pose_bank import load_openpose_detector
+
+    (tmp_path / "annotators").mkdir()
+    (tmp_path / "annotators" / "body_pose_model.pth").write_bytes(b"")
+    with pytest.raises(
+        ValueError, match=r"weights hand_pose_model.pth, facenet.pth are not in the folder .*annotators"
+    ):
+        load_openpose_detector(str(tmp_path / "annotators"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))  # an offline machine's empty hub cache
+    with pytest.raises(ValueError, match=r"body_pose_model.pth, hand_pose_model.pth, facenet.pth are not in "
+                       r"'lllyasviel/Annotators' \(local hub cache, offline\).*huggingface-cli download"):  # fmt: skip
+        load_openpose_detector("lllyasviel/Annotators", local_files_only=True)

@@ -6,7 +6,8 @@
 --world samples mini-world head-shot poses (the shipped mini bank). --images runs controlnet_aux's
 OpenposeDetector over a folder of images (the paper: SD images of "a person, head shot") and keeps, per
 image, the detected person with the most keypoints; images without a person are skipped and counted.
-The detector weights come from a hub id or a local folder (offline: HF_HUB_OFFLINE=1 with them cached).
+The detector weights (body_pose_model.pth, hand_pose_model.pth, facenet.pth) come from a hub id or a local
+folder (offline: HF_HUB_OFFLINE=1 with them cached); a missing one is named before anything runs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from portrait_edit.data.images import load_image
-from portrait_edit.data.pose_bank import PoseBank, world_pose_bank
+from portrait_edit.data.pose_bank import PoseBank, load_openpose_detector, world_pose_bank
 from portrait_edit.world.pose import KEYPOINT_NAMES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -40,9 +41,10 @@ def keypoints_of(poses) -> np.ndarray | None:
 
 
 def detect_bank(folder: Path, detector_source: str, count: int | None) -> tuple[PoseBank, int]:
-    from controlnet_aux import OpenposeDetector
-
-    detector = OpenposeDetector.from_pretrained(detector_source)
+    try:
+        detector = load_openpose_detector(detector_source)
+    except ValueError as exc:
+        raise SystemExit(f"make_pose_bank: error: {exc}") from None
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise SystemExit(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")

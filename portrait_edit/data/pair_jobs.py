@@ -67,6 +67,7 @@ class PairJobsDataModule(JobsDataModule):
                 f"directions {bad or self.directions} are not directions of task {task!r}: {list(allowed)}"
             )
         self.bank = PoseBank.load(pose_bank)
+        self.pose_bank_path = pose_bank
         self.faces = faces
         self.identity_samples = identity_samples
         self.descriptions = person_descriptions() if identity_samples is not None else []

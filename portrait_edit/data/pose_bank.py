@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from huggingface_hub import constants as hub_constants
 
 from portrait_edit.data.shard_writer import atomic_write_json
 from portrait_edit.world import pose_keypoints, sample_pose
@@ -87,4 +89,42 @@ def world_pose_bank(count: int, seed: int, size: int = 64) -> PoseBank:
     keypoints[..., :2] /= size
     return PoseBank(
         keypoints, source=f"mini world, sample_pose seed {seed}", world_poses=[p.to_dict() for p in poses]
+    )
+
+
+ANNOTATOR_FILES = ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")  # what OpenposeDetector reads
+
+
+def load_openpose_detector(source: str, local_files_only: bool | None = None) -> Any:
+    """controlnet_aux's OpenposeDetector from a local folder or a hub repo (lllyasviel/Annotators) holding
+    ANNOTATOR_FILES, all three checked first so that a missing one is a ValueError naming every file and
+    where to put it (the detector itself dies in a bare hub error on the first it lacks)."""
+    from huggingface_hub import hf_hub_download
+
+    offline = hub_constants.HF_HUB_OFFLINE if local_files_only is None else local_files_only
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        missing = [name for name in ANNOTATOR_FILES if not (folder / name).is_file()]
+    else:
+        missing = []
+        for name in ANNOTATOR_FILES:
+            try:
+                hf_hub_download(source, name, local_files_only=offline)
+            except (OSError, ValueError):  # not cached offline, no such repo or file, no network
+                missing.append(name)
+    if missing:
+        where = (
+            f"the folder {folder}"
+            if folder.is_dir()
+            else f"{source!r} ({'local hub cache, offline' if offline else 'hub'})"
+        )
+        raise ValueError(
+            f"the OpenPose annotator weights {', '.join(missing)} are not in {where}. Download them on a connected "
+            f"machine (`huggingface-cli download lllyasviel/Annotators {' '.join(ANNOTATOR_FILES)} --local-dir "
+            "annotators`) and pass --detector annotators"
+        )
+    from controlnet_aux import OpenposeDetector  # imports every detector: only when one is needed
+
+    return OpenposeDetector.from_pretrained(
+        str(folder) if folder.is_dir() else source, local_files_only=offline
     )

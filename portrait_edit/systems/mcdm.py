@@ -18,6 +18,7 @@ import torch
 from diffusers import UniPCMultistepScheduler
 from lightning.pytorch.utilities import rank_zero_only
 
+from portrait_edit.data.cached_conditions import cache_settings, check_cached_conditions
 from portrait_edit.data.images import to_uint8
 from portrait_edit.data.shard_writer import atomic_write_bytes
 from portrait_edit.diffusion.conditions import swap_mask
@@ -146,6 +147,14 @@ class MCDMSystem(DiffusionSystem):
         self._val_batch: dict[str, Any] | None = None
         if set(self.scales) != set(DEFAULT_SCALES):
             raise ValueError(f"scales takes {sorted(DEFAULT_SCALES)}, got {sorted(self.scales)}")
+
+    def setup(self, stage: str) -> None:
+        # Conditions cached into the shards must be the ones this conditioning computes online.
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        settings = cache_settings(self.conditioning, self.hparams.base, self.hparams.vae)
+        for spec in (getattr(datamodule, "train_shards", None), getattr(datamodule, "val_shards", None)):
+            if spec:
+                check_cached_conditions(spec, settings)
 
     def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
         batch = pair_batch(batch)

@@ -133,10 +133,25 @@ class PairGenerationSystem(LightningModule):
         )  # fmt: skip
         self.bank = PoseBank.load(pose_bank)
         self.scale = vae_scale_factor(c.vae)
-        settings = {k: v for k, v in self.hparams.items() if k not in ("local_files_only",)}
+        # Settings left at None that older shards never recorded stay out, so their hash still matches.
+        settings = {
+            k: v for k, v in self.hparams.items()
+            if k != "local_files_only" and not (k in ("vae", "single_file_config") and v is None)
+        }  # fmt: skip
         self.config_hash = hashlib.sha256(
             json.dumps({**settings, "version": __version__}, sort_keys=True).encode()
         ).hexdigest()[:16]
+
+    def setup(self, stage: str) -> None:
+        # The jobs' pose ids index the datamodule's bank; drawn from another bank they would be other poses.
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        bank = getattr(datamodule, "bank", None)
+        if isinstance(bank, PoseBank) and not np.array_equal(bank.keypoints, self.bank.keypoints):
+            raise ValueError(
+                f"model.init_args.pose_bank ({self.hparams.pose_bank}, {len(self.bank)} poses) is not the bank "
+                f"the jobs' pose ids come from (data.init_args.pose_bank, {len(bank)} poses, "
+                f"{datamodule.pose_bank_path}); set both to the same file"
+            )
 
     def face(self, source: str) -> torch.Tensor:
         """The identity source's face, float (3, S, S) in [-1, 1]: a world identity's neutral front view
