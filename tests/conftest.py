@@ -27,3 +27,22 @@ def clip_tokenizer():
     from portrait_edit.models.components import load_tokenizer
 
     return load_tokenizer("tiny")
+
+
+@pytest.fixture(scope="session")
+def world_shards(tmp_path_factory):
+    """8 mini-world pairs at 32 x 32 in one shard, written by `predict` on configs/mini/world_pairs.yaml."""
+    from pathlib import Path
+
+    from portrait_edit.cli import PortraitCLI
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path_factory.mktemp("pairs")
+    PortraitCLI(
+        args=[
+            "predict", "--config", str(root / "configs/mini/world_pairs.yaml"),
+            f"--trainer.default_root_dir={out}", f"--trainer.callbacks.init_args.output_dir={out}",
+            "--model.init_args.size=32", "--data.init_args.num_samples=8", "--data.init_args.shard_size=8",
+        ]
+    )  # fmt: skip
+    return out

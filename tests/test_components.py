@@ -407,3 +407,37 @@ def test_sd15_full_size_parameter_counts():
                 out = model(torch.randn(1, 4, 8, 8), 10, encoder_hidden_states=torch.randn(1, 77, 768)).sample
             assert out.shape == (1, 4, 8, 8)
         del model
+
+
+def test_image_encoder_from_a_whole_clip_model_repo_loads_quietly(tmp_path, capfd):
+    """openai/clip-vit-large-patch14 is a CLIPModel with both towers: the text tower's keys are expected
+    extras, not a 25-line report; a report of missing weights still shows."""
+    from transformers import CLIPConfig, CLIPModel
+
+    towers = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+    config = CLIPConfig(
+        text_config={**towers, "vocab_size": 49408}, vision_config={**towers, "image_size": 32, "patch_size": 4,
+        "projection_dim": 16}, projection_dim=16,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    whole = CLIPModel(config)
+    whole.save_pretrained(tmp_path / "clip")
+    capfd.readouterr()
+    encoder = C.load_image_encoder(str(tmp_path / "clip"))
+    assert "LOAD REPORT" not in capfd.readouterr().err
+    assert torch.equal(encoder.visual_projection.weight, whole.visual_projection.weight)
+    vision = {k: v for k, v in whole.vision_model.state_dict().items()}
+    assert all(torch.equal(encoder.vision_model.state_dict()[k], v) for k, v in vision.items())
+    report = lambda text: logging.LogRecord("t", logging.WARNING, "", 0, text, None, None)  # noqa: E731
+    keep = P._OnlyUnexpectedKeys().filter
+    assert not keep(report("LOAD REPORT\ntext_model.x | UNEXPECTED"))
+    assert keep(report("LOAD REPORT\nvision_model.x | MISSING")) and keep(report("another warning"))
+
+
+def test_a_separate_vae_source_replaces_the_bases(tiny_sd, tmp_path):
+    other = AutoencoderKL.from_config(tiny_sd.vae.config)
+    torch.nn.init.normal_(other.decoder.conv_out.weight)
+    other.save_pretrained(tmp_path / "vae")
+    sd = C.load_components("tiny", vae=str(tmp_path / "vae"), parts=["vae", "unet"])
+    assert_same_weights(sd.vae, other)
+    assert_same_weights(sd.unet, tiny_sd.unet)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_run_dir import costume_fit, shards  # noqa: F401 (the shards fixture)
+from test_run_dir import costume_fit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def wait_for(condition, what: str, timeout: float = 120.0) -> None:
 
 
 @pytest.mark.slow
-def test_sigusr1_requeue_resumes_the_hpc_checkpoint_with_the_same_wandb_run(tmp_path, shards):
+def test_sigusr1_requeue_resumes_the_hpc_checkpoint_with_the_same_wandb_run(tmp_path, world_shards):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text('#!/bin/sh\nexec "$@"\n')
@@ -35,13 +35,13 @@ def test_sigusr1_requeue_resumes_the_hpc_checkpoint_with_the_same_wandb_run(tmp_
         (bin_dir / tool).chmod(0o755)
     run = tmp_path / "run"
     env = {
-        **os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PORTRAIT_EDIT_PYTHON": sys.executable,
+        **{k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PORTRAIT_EDIT_PYTHON": sys.executable,
         "WANDB_MODE": "offline", "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "portrait-edit",
         "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NUM_NODES": "1", "SLURM_NNODES": "1",
         "SLURM_NODELIST": "localhost", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
     }  # fmt: skip
     # No periodic checkpoint before the signal: the hpc one is what a requeue has to find.
-    overrides = costume_fit(run, shards, 400)[3:] + [
+    overrides = costume_fit(run, world_shards, 400)[3:] + [
         "--trainer.accelerator=cpu",
         "--trainer.devices=1",
         "--checkpoint.every_n_train_steps=100000",

@@ -148,6 +148,20 @@ def _from_single_file(
     return model
 
 
+class _OnlyUnexpectedKeys(logging.Filter):
+    """Drops transformers' load report when every key it lists is UNEXPECTED: the image encoder read from a
+    whole CLIPModel repo (openai/clip-vit-large-patch14) leaves its text tower out, a 25-line table of
+    nothing wrong. A report with MISSING or MISMATCH keys (weights left random) still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return "LOAD REPORT" not in text or "MISSING" in text or "MISMATCH" in text
+
+
+_TRANSFORMERS_LOADER = logging.getLogger("transformers.modeling_utils")
+_TRANSFORMERS_LOADER.addFilter(_OnlyUnexpectedKeys())
+
+
 def load_model(
     name: str,
     source: str,
