@@ -34,3 +34,14 @@ def test_markdown_table_orders_rows_and_names_what_is_unavailable():
         lines[2] == "| SDEdit 0.5 | 0.4100 | n/a | n/a |" and lines[3] == "| Ours | 0.8123 | n/a | 0.5000 |"
     )
     assert lines[-1] == "- LPIPS: unavailable: no AlexNet weights"
+
+
+def test_a_frechet_distance_from_few_items_carries_its_caveat():
+    from portrait_edit.metrics.report import frechet_caveats
+
+    caveats = frechet_caveats(8, {"fid_clip": 768, "fid": 2048})
+    assert set(caveats) == {"fid_clip", "fid"} and "from 8 items, fewer than its 768" in caveats["fid_clip"]
+    assert frechet_caveats(5000, {"fid_clip": 768}) == {}
+    table = markdown_table({"Ours": {"ssim": 0.9, "fid_clip": 12.0}}, {}, caveats=caveats)
+    assert "- FID (CLIP features): caveat: from 8 items" in table
+    assert "FID: caveat" not in table  # a column the table does not show gets no note

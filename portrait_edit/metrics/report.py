@@ -51,6 +51,18 @@ def summarise(
     return row
 
 
+def frechet_caveats(items: int, dims: dict[str, int]) -> dict[str, str]:
+    """A note for each Frechet column computed from fewer items than its features have dimensions (name ->
+    dimension): its covariance is then singular and the distance biased upward by the sample size, so it
+    compares only tables of the same size (the paper's FID used thousands of pairs)."""
+    return {
+        name: f"from {items} items, fewer than its {dim} feature dimensions: biased by the sample size; compare "
+        "it only between tables of the same items"
+        for name, dim in dims.items()
+        if items < dim
+    }
+
+
 def format_cell(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
@@ -60,8 +72,11 @@ def shown_columns(rows: dict[str, dict], unavailable: dict[str, str]) -> list[st
     return [c for c in COLUMNS if any(r.get(c) is not None for r in rows.values()) or c in unavailable]
 
 
-def markdown_table(rows: dict[str, dict], unavailable: dict[str, str], notes: bool = True) -> str:
-    """The rows as a markdown table; with `notes`, a line after it per unavailable metric and why."""
+def markdown_table(
+    rows: dict[str, dict], unavailable: dict[str, str], notes: bool = True, caveats: dict[str, str] | None = None
+) -> str:
+    """The rows as a markdown table; with `notes`, a line after it per unavailable metric and why, and per
+    metric shown with a caveat (`frechet_caveats`)."""
     columns = shown_columns(rows, unavailable)
     head = "| method | " + " | ".join(f"{COLUMNS[c][0]} ({COLUMNS[c][1]} is better)" for c in columns) + " |"
     lines = [head, "|---" * (len(columns) + 1) + "|"]
@@ -70,6 +85,7 @@ def markdown_table(rows: dict[str, dict], unavailable: dict[str, str], notes: bo
     ]
     why = (
         [f"- {COLUMNS.get(k, (k,))[0]}: unavailable: {text}" for k, text in unavailable.items()]
+        + [f"- {COLUMNS.get(k, (k,))[0]}: caveat: {text}" for k, text in (caveats or {}).items() if k in columns]
         if notes
         else []
     )
@@ -119,17 +135,19 @@ def write_report(
     grid: list[dict],
     extra: dict,
     by_task: dict[str, dict] | None = None,
+    caveats: dict[str, str] | None = None,
 ) -> Path:
     """table.md, table.csv, table.json and index.html in `folder`; returns the markdown's path. `by_task`
-    (task -> {"directions": [...], "rows": rows}) adds a table per task after the one over all items."""
+    (task -> {"directions": [...], "rows": rows}) adds a table per task after the one over all items;
+    `caveats` (column -> note) are noted under the tables and kept in table.json."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     by_task = by_task or {}
-    table = markdown_table(rows, unavailable, notes=not by_task)
+    table = markdown_table(rows, unavailable, notes=not by_task, caveats=caveats)
     for task, part in by_task.items():
         last = task == list(by_task)[-1]
         table += f"\n## {task} ({', '.join(part['directions'])})\n\n" + markdown_table(
-            part["rows"], unavailable, last
+            part["rows"], unavailable, last, caveats
         )
     atomic_write_bytes(folder / "table.md", f"# {title}\n\n{table}".encode())
     buffer = io.StringIO()
@@ -150,6 +168,7 @@ def write_report(
                 for t, p in by_task.items()
             },
             "unavailable": unavailable,
+            **({"caveats": caveats} if caveats else {}),
             **extra,
         },
     )

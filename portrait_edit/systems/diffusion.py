@@ -9,6 +9,7 @@ conditioning reads ("caption", "pose", ...).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -37,6 +38,8 @@ from portrait_edit.models.components import load_components
 from portrait_edit.models.conditioning import Conditioning, TextConditioning, scaled_latents
 from portrait_edit.models.ema import ema_copy
 from portrait_edit.models.export import save_module
+
+log = logging.getLogger(__name__)
 
 # The VAE, text encoder and a frozen UNet stay in eval mode on purpose (see `train`).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -247,6 +250,17 @@ class DiffusionSystem(LightningModule):
         super().optimizer_step(*args, **kwargs)
         for name, module in self.trained.items() if self.ema else ():
             self.ema[name].update_parameters(module)
+
+    def on_fit_start(self) -> None:
+        # The lr of a config is tuned for one effective batch (the paper's MCDM: 4 on one GPU).
+        data = getattr(self.trainer, "datamodule", None)
+        per_rank = getattr(data, "batch_size", None) or (data.hparams.get("batch_size") if data is not None else None)
+        if per_rank and self.trainer.is_global_zero:
+            world, accumulate = self.trainer.world_size, self.trainer.accumulate_grad_batches
+            log.info(
+                "effective batch %d = %d per rank x %d ranks x %d accumulated, at lr %g",
+                per_rank * world * accumulate, per_rank, world, accumulate, self.hparams.lr,
+            )  # fmt: skip
 
     def on_fit_end(self) -> None:
         # Not on_train_end: Lightning skips it when a resumed run has no step left to train, and such a

@@ -26,7 +26,7 @@ from portrait_edit.data.prompts import task_for_direction
 from portrait_edit.data.world_images import LABELS
 from portrait_edit.metrics.edit_scores import SCORES, EditJudges
 from portrait_edit.metrics.item_cache import ItemCache, fingerprint, item_check
-from portrait_edit.metrics.report import COLUMNS, summarise, write_report
+from portrait_edit.metrics.report import COLUMNS, frechet_caveats, summarise, write_report
 from portrait_edit.models.methods import MethodSpec, build_method
 
 log = logging.getLogger(__name__)
@@ -209,8 +209,11 @@ class EvaluationSystem(LightningModule):
                 for it in ordered
                 if "pictures" in it
             ]
+            dims = {k: len(v) for k, v in ordered[0]["target_features"].items()}
+            caveats = frechet_caveats(len(ordered), dims)
             path = write_report(self.hparams.output_dir, self.hparams.title, rows, self.judges.unavailable, grid,
-                                {"items": len(ordered), "methods": [vars(s) for s in self.specs]}, by_task)  # fmt: skip
+                                {"items": len(ordered), "methods": [vars(s) for s in self.specs]}, by_task,
+                                caveats)  # fmt: skip
             self._log_wandb(rows, by_task, grid)
             log.info("evaluation table (%d items): %s", len(ordered), path)
 
