@@ -63,11 +63,16 @@ class FaceImagesDataset(Dataset):
         )
         self.shards = None
         if not self.files:
-            urls = resolve_shards(root)  # raises, naming `root`, when nothing is there
+            if path.is_dir() and not any(path.glob("*.tar")):
+                raise ValueError(
+                    f"no face images under {root!r}: expected {', '.join(IMAGE_SUFFIXES)} files (any depth, the "
+                    "FFHQ layout) or WebDataset shards (*.tar)"
+                )
+            urls = resolve_shards(root)  # a glob or brace pattern: raises, naming `root`, when nothing matches
             self.shards = PairShardsMapDataset(urls, self.handler, required=())
         self.names = [p.stem for p in self.files] if self.files else [k for _, k, _ in self.shards.index]
         if not self.names:
-            raise ValueError(f"no face images under {root!r}: expected {IMAGE_SUFFIXES} files or shards")
+            raise ValueError(f"no face images in the shards {root!r}; regenerate or point at a folder of images")
         self.genders = [""] * len(self.names)  # "" = unknown until metadata or zero-shot fills it in
 
     def __len__(self) -> int:
