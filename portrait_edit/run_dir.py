@@ -145,4 +145,4 @@ def fill_run_logger(trainer_config: Any) -> None:
         if args.get("save_dir") in (None, "."):
             args.save_dir = run_dir
         if not args.get("id") and not args.get("version"):
-            args.id = wandb_run_id(args.save_dir)
+            args.id = wandb_run_id(run_dir)  # the run dir's, wherever save_dir points

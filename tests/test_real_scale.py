@@ -172,6 +172,7 @@ def test_costume_end_to_end_on_sd15(world):
     mcdm_stage(world, "costume", mcdm)
     edit_stage(world, "costume", ["santa", "royal", "flower", "sheep"])
     eval_stage(world, "costume", [])
+    run_dir_errors(world)
 
 
 def test_expression_end_to_end_on_realistic_vision(world):
@@ -188,3 +189,63 @@ def test_expression_end_to_end_on_realistic_vision(world):
     mcdm_stage(world, "expression", mcdm)
     edit_stage(world, "expression", ["angry", "shocked", "laughing", "crying"])
     eval_stage(world, "expression", rv)
+
+
+def error_line(done: subprocess.CompletedProcess) -> str:
+    """The one line a failed command ends with; no traceback before it."""
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-4000:]
+    return done.stderr.strip().splitlines()[-1]
+
+
+def assert_one_line_errors(w: World, cases: dict[str, tuple[list[str], str]]) -> None:
+    for what, (args, expected) in cases.items():
+        line = error_line(w.run(*args, ok=False))
+        assert line.startswith("portrait-edit: error: ") and expected in line, (what, line)
+
+
+def run_dir_errors(w: World) -> None:
+    """After the costume chain: its run dir and cached shards exist."""
+    mcdm = [*configs("costume/mcdm.yaml", "trainer/cpu.yaml"), "--trainer.max_steps=1"]
+    assert_one_line_errors(w, {
+        "a run dir that holds another run's checkpoints": (
+            ["fit", *mcdm, "--model.init_args.conditioning.init_args.use_spatial=false"],
+            "runs/costume/mcdm/checkpoints/last.ckpt holds another run's checkpoint",
+        ),
+        "cached conditions made for another CLIP layer": (
+            ["fit", *mcdm, "--trainer.default_root_dir=runs/costume/mcdm_layer",
+             "--model.init_args.conditioning.init_args.clip_layer=-2"],
+            "these shards' cached conditions were made for another model: clip_layer -1 (cached) vs -2 (this config)",
+        ),
+    })  # fmt: skip
+
+
+def test_configuration_errors_are_one_readable_line_each(world):
+    """Each a mistake a user makes at real scale; each message says what is wrong and what to do."""
+    w, mcdm = world, [*configs("costume/mcdm.yaml", "trainer/cpu.yaml"), "--trainer.max_steps=1"]
+    (w.root / "empty_faces").mkdir()
+    single = w.root / "sd15.safetensors"
+    w.run(w.snapshots[hub.SD15], single, tool="export_single_file")
+    cases = {
+        "a dead hub id": (
+            ["fit", *mcdm, "--model.init_args.base=nobody/stable-diffusion-v1-5"],
+            "could not load the vae from 'nobody/stable-diffusion-v1-5': not found in the local hub cache (offline)",
+        ),
+        "a folder that is not a diffusers model": (
+            ["fit", *mcdm, f"--model.init_args.base={w.photos}"], f"{w.photos} holds no vae: expected vae/config.json",
+        ),
+        "a single file without a matching config": (
+            ["fit", *mcdm, f"--model.init_args.base={single}"], "does not match the vae config in",
+        ),
+        "an empty face folder": (
+            ["fit", *configs("costume/identity_ffhq.yaml", "trainer/cpu.yaml"), f"--data.init_args.root={w.root / 'empty_faces'}"],
+            "no face images under",
+        ),
+        "a missing pose bank": (
+            ["predict", *configs("costume/generate.yaml", "trainer/cpu.yaml"), "--model.init_args.pose_bank=nowhere.json",
+             "--data.init_args.pose_bank=nowhere.json"],
+            "cannot read pose bank nowhere.json",
+        ),
+    }  # fmt: skip
+    assert_one_line_errors(w, cases)
+    line = error_line(w.run("--images", w.photos, "--out", "bank.json", tool="make_pose_bank", ok=False))
+    assert "body_pose_model.pth, hand_pose_model.pth, facenet.pth are not in 'lllyasviel/Annotators'" in line

@@ -132,10 +132,12 @@ def _from_single_file(
                 if k.startswith(prefix) and not k.endswith("position_ids")
             }
             model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:  # shape or key mismatch
+    except RuntimeError as exc:  # shape or key mismatch: torch lists every one, a line each
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = next((line for line in lines if "mismatch" in line or "key" in line.lower()), lines[0])
         raise ValueError(
-            f"{path} does not match the {name} config in {root}; set single_file_config to the "
-            f"matching diffusers folder or preset. {exc}"
+            f"{path} does not match the {name} config in {root} ({len(lines) - 1 or 1} differences, first: "
+            f"{detail}); set single_file_config to the matching diffusers folder or preset"
         ) from exc
     # diffusers loads with strict=False: a config larger than the file would leave weights random.
     n_file = sum(k.startswith(prefix) and not k.endswith("position_ids") for k in state)
