@@ -172,5 +172,3 @@ def photo_folder(root: Path) -> tuple[Path, list[str], list[str]]:
     (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is no jpeg")
     (root / "notes.png").write_text("a text file named .png")
     return root, ["alpha", "big", "grey", "small", "wide"], ["broken", "notes"]
-
-

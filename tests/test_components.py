@@ -194,7 +194,7 @@ def test_pipeline_folder_and_component_folders(tiny_sd, tmp_path, no_network):
     pipe = tmp_path / "pipe"
     for name in ("vae", "unet", "text_encoder", "tokenizer", "scheduler"):
         getattr(tiny_sd, name).save_pretrained(pipe / name)
-    # Standalone repos, laid out like lllyasviel/sd-controlnet-openpose and openai/clip-vit-large-patch14.
+    # Standalone repos, laid out like lllyasviel/control_v11p_sd15_openpose and openai/clip-vit-large-patch14.
     tiny_sd.controlnet.save_pretrained(tmp_path / "controlnet")
     tiny_sd.image_encoder.save_pretrained(tmp_path / "clip")
     tiny_sd.tokenizer.save_pretrained(tmp_path / "clip")
@@ -347,7 +347,7 @@ def test_source_errors(tmp_path):
         C.load_unet(str(tmp_path / "notes.txt"))
     with pytest.raises(ValueError, match="set image_encoder= explicitly.*openai/clip-vit-large-patch14"):
         C.load_components("someone/sd-model", parts=("image_encoder",))
-    with pytest.raises(ValueError, match="set controlnet= explicitly.*lllyasviel/sd-controlnet-openpose"):
+    with pytest.raises(ValueError, match="set controlnet= explicitly.*lllyasviel/control_v11p_sd15_openpose"):
         C.load_components(str(tmp_path), parts=("unet", "controlnet"))
     with pytest.raises(ValueError, match="unknown parts"):
         C.load_components("tiny", parts=("unet", "refiner"))
@@ -389,7 +389,7 @@ def test_sd15_ldm_key_layout_on_meta_device():
 @pytest.mark.slow
 def test_sd15_full_size_parameter_counts():
     # Published sizes: SD 1.5 UNet 859.52M, VAE 83.65M, CLIP ViT-L/14 text tower 123.06M and vision tower with
-    # its projection 303.97M, lllyasviel/sd-controlnet-openpose about 361.3M.
+    # its projection 303.97M, lllyasviel/control_v11p_sd15_openpose about 361.3M.
     expected = {
         "unet": 859_520_964,
         "vae": 83_653_863,

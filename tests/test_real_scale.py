@@ -22,12 +22,12 @@ import sys
 import time
 from pathlib import Path
 
+import hub_standins as hub
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-import hub_standins as hub
 from portrait_edit.data.shard_pipeline import read_shard_samples, resolve_shards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,12 @@ class World:
 
     def run(self, *args: str | Path, tool: str | None = None, ok: bool = True) -> subprocess.CompletedProcess:
         done = subprocess.run(
-            self.command(*args, tool=tool), cwd=self.work, env=self.env, capture_output=True, text=True, timeout=600
+            self.command(*args, tool=tool),
+            cwd=self.work,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         if ok:
             assert done.returncode == 0, f"{args}\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
@@ -91,7 +96,11 @@ def check_pairs(folder: Path, count: int) -> None:
 def pair_stages(w: World, task: str, base: list[str], processes: int) -> None:
     """Training pairs (on `processes` CPU processes) and validation pairs (1), each checked."""
     trainer = "trainer/ddp_cpu.yaml" if processes == 2 else "trainer/cpu.yaml"
-    sizes = [f"--data.init_args.faces={w.ffhq}", "--model.init_args.image_size=64", "--model.init_args.steps=2"]
+    sizes = [
+        f"--data.init_args.faces={w.ffhq}",
+        "--model.init_args.image_size=64",
+        "--model.init_args.steps=2",
+    ]
     w.run("predict", *configs(f"{task}/generate.yaml", *base, trainer), *sizes, "--data.init_args.num_samples=8",
           "--data.init_args.shard_size=2", "--data.init_args.batch_size=2")  # fmt: skip
     check_pairs(w.work / f"outputs/{task}/pairs", 8)
@@ -135,7 +144,9 @@ def mcdm_stage(w: World, task: str, mcdm: list[str]) -> None:
     export = w.work / f"outputs/{task}/mcdm"
     settings = json.loads((export / "mcdm.json").read_text())
     assert settings["scales"] == {"image": 3.0, "spatial": 3.0, "text": 5.0}
-    images = list((w.work / f"runs/{task}/mcdm/wandb").glob("offline-run-*/files/media/images/val/edits_*.png"))
+    images = list(
+        (w.work / f"runs/{task}/mcdm/wandb").glob("offline-run-*/files/media/images/val/edits_*.png")
+    )
     assert images, "the validation edits are in the W&B run folder"
 
 
@@ -153,13 +164,23 @@ def edit_stage(w: World, task: str, directions: list[str]) -> None:
             assert edit.shape == (64, 64, 3)
         assert json.loads((out / name / "edit.json").read_text())["gender"] in ("man", "woman")
     report = json.loads((out / "report-r0.json").read_text())
-    assert sorted(f["name"] for f in report["failed"]) == w.broken_photos and all(f["reason"] for f in report["failed"])
+    assert sorted(f["name"] for f in report["failed"]) == w.broken_photos and all(
+        f["reason"] for f in report["failed"]
+    )
 
 
 def eval_stage(w: World, task: str, base: list[str]) -> None:
-    w.run("validate", *configs(f"{task}/eval.yaml", *base, "trainer/cpu.yaml"), "--data.init_args.num_workers=0")
+    w.run(
+        "validate", *configs(f"{task}/eval.yaml", *base, "trainer/cpu.yaml"), "--data.init_args.num_workers=0"
+    )
     table = json.loads((w.work / f"outputs/{task}/eval/table.json").read_text())
-    assert [r["method"] for r in table["rows"]] == ["SDEdit 0.5", "SDEdit 0.8", "DiffEdit", "Ours w/o Mask", "Ours"]
+    assert [r["method"] for r in table["rows"]] == [
+        "SDEdit 0.5",
+        "SDEdit 0.8",
+        "DiffEdit",
+        "Ours w/o Mask",
+        "Ours",
+    ]
     assert {"lpips", "fid"} <= set(table["unavailable"]) and "caveats" in table
     assert all(np.isfinite(r["ssim"]) and r.get("lpips") is None for r in table["rows"])
     assert "LPIPS: unavailable" in (w.work / f"outputs/{task}/eval/table.md").read_text()

@@ -32,7 +32,9 @@ def costume_fit(run: Path, shards: Path, steps: int, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_bf16_mixed_fit_with_gradient_clipping_and_the_fused_adamw_trains(tmp_path, world_shards, monkeypatch):
+def test_bf16_mixed_fit_with_gradient_clipping_and_the_fused_adamw_trains(
+    tmp_path, world_shards, monkeypatch
+):
     clipped = []
     real_clip = torch.nn.utils.clip_grad_norm_
     monkeypatch.setattr(
@@ -66,7 +68,10 @@ def test_another_runs_checkpoint_is_one_readable_error(tmp_path, world_shards, c
     with pytest.raises(SystemExit) as stop:
         main(
             costume_fit(
-                tmp_path / "run", world_shards, 2, "--model.init_args.conditioning.init_args.use_spatial=false"
+                tmp_path / "run",
+                world_shards,
+                2,
+                "--model.init_args.conditioning.init_args.use_spatial=false",
             )
         )
     assert stop.value.code == 2

@@ -68,11 +68,15 @@ class FaceImagesDataset(Dataset):
                     f"no face images under {root!r}: expected {', '.join(IMAGE_SUFFIXES)} files (any depth, the "
                     "FFHQ layout) or WebDataset shards (*.tar)"
                 )
-            urls = resolve_shards(root)  # a glob or brace pattern: raises, naming `root`, when nothing matches
+            urls = resolve_shards(
+                root
+            )  # a glob or brace pattern: raises, naming `root`, when nothing matches
             self.shards = PairShardsMapDataset(urls, self.handler, required=())
         self.names = [p.stem for p in self.files] if self.files else [k for _, k, _ in self.shards.index]
         if not self.names:
-            raise ValueError(f"no face images in the shards {root!r}; regenerate or point at a folder of images")
+            raise ValueError(
+                f"no face images in the shards {root!r}; regenerate or point at a folder of images"
+            )
         self.genders = [""] * len(self.names)  # "" = unknown until metadata or zero-shot fills it in
 
     def __len__(self) -> int:

@@ -73,7 +73,10 @@ def shown_columns(rows: dict[str, dict], unavailable: dict[str, str]) -> list[st
 
 
 def markdown_table(
-    rows: dict[str, dict], unavailable: dict[str, str], notes: bool = True, caveats: dict[str, str] | None = None
+    rows: dict[str, dict],
+    unavailable: dict[str, str],
+    notes: bool = True,
+    caveats: dict[str, str] | None = None,
 ) -> str:
     """The rows as a markdown table; with `notes`, a line after it per unavailable metric and why, and per
     metric shown with a caveat (`frechet_caveats`)."""
@@ -85,7 +88,11 @@ def markdown_table(
     ]
     why = (
         [f"- {COLUMNS.get(k, (k,))[0]}: unavailable: {text}" for k, text in unavailable.items()]
-        + [f"- {COLUMNS.get(k, (k,))[0]}: caveat: {text}" for k, text in (caveats or {}).items() if k in columns]
+        + [
+            f"- {COLUMNS.get(k, (k,))[0]}: caveat: {text}"
+            for k, text in (caveats or {}).items()
+            if k in columns
+        ]
         if notes
         else []
     )

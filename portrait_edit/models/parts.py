@@ -8,7 +8,7 @@ loaders in `components.py`:
 2. an existing `.safetensors` / `.ckpt` file -> an original-layout (LDM) SD checkpoint, read with a LOCAL
    diffusers config (`single_file_config`, default the `sd15` preset), so nothing is ever fetched;
 3. an existing folder -> `from_pretrained`; the part may sit in its pipeline subfolder (`vae/`, `unet/`...)
-   or be the folder itself (e.g. lllyasviel/sd-controlnet-openpose, openai/clip-vit-large-patch14);
+   or be the folder itself (e.g. lllyasviel/control_v11p_sd15_openpose, openai/clip-vit-large-patch14);
 4. anything else -> a hub id, honouring `local_files_only` (default: HF_HUB_OFFLINE).
 """
 
@@ -59,7 +59,7 @@ MODEL_PARTS: dict[str, _Part] = {
         "controlnet",
         ldm_prefixes=("control_model.", ""),
         standalone=True,
-        example="lllyasviel/sd-controlnet-openpose",
+        example="lllyasviel/control_v11p_sd15_openpose",
     ),
     "text_encoder": _Part(
         CLIPTextModel, "text_encoder", CLIPTextConfig, ldm_prefixes=("cond_stage_model.transformer.",)

@@ -254,7 +254,9 @@ class DiffusionSystem(LightningModule):
     def on_fit_start(self) -> None:
         # The lr of a config is tuned for one effective batch (the paper's MCDM: 4 on one GPU).
         data = getattr(self.trainer, "datamodule", None)
-        per_rank = getattr(data, "batch_size", None) or (data.hparams.get("batch_size") if data is not None else None)
+        per_rank = getattr(data, "batch_size", None) or (
+            data.hparams.get("batch_size") if data is not None else None
+        )
         if per_rank and self.trainer.is_global_zero:
             world, accumulate = self.trainer.world_size, self.trainer.accumulate_grad_batches
             log.info(
