@@ -80,10 +80,17 @@ class PortraitCLI(LightningCLI):
         if subcommand == "fit":
             fill_run_logger(self.config[subcommand].trainer)
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+        # The run dir's checkpointing (forced for every subcommand, inert outside fit) goes with
+        # enable_checkpointing: Lightning refuses a ModelCheckpoint when it is off.
+        if config.get("enable_checkpointing") is False:
+            callbacks = [cb for cb in callbacks if not isinstance(cb, RunCheckpoint)]
+        return super()._instantiate_trainer(config, callbacks)
+
     def before_fit(self) -> None:
         ckpt_path = self.config_init["fit"].get("ckpt_path")
-        checkpoint = next(cb for cb in self.trainer.callbacks if isinstance(cb, RunCheckpoint))
-        path = checkpoint.last_checkpoint(self.trainer) if ckpt_path == "last" else ckpt_path
+        checkpoint = next((cb for cb in self.trainer.callbacks if isinstance(cb, RunCheckpoint)), None)
+        path = checkpoint.last_checkpoint(self.trainer) if ckpt_path == "last" and checkpoint else ckpt_path
         if path and Path(path).is_file():
             refuse_foreign_checkpoint(path, self.model, self.trainer.default_root_dir)
 

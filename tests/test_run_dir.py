@@ -107,3 +107,10 @@ def test_wandb_offline_run_holds_the_full_config_and_a_rerun_continues_it(tmp_pa
     assert config["trainer"]["precision"] == "bf16-mixed" and config["checkpoint"]["every_n_train_steps"] == 1
     assert config["model"]["init_args"]["conditioning"]["init_args"]["image_encoder"] == "tiny"
     assert config["data"]["init_args"]["train_shards"] == str(world_shards)
+
+
+def test_checkpointing_off_leaves_the_run_dir_without_checkpoints(tmp_path, world_shards):
+    cli = PortraitCLI(
+        args=costume_fit(tmp_path / "run", world_shards, 1, "--trainer.enable_checkpointing=false")
+    )
+    assert cli.trainer.global_step == 1 and not (tmp_path / "run" / "checkpoints").exists()
