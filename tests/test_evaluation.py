@@ -187,3 +187,17 @@ def test_an_mcdm_row_can_keep_the_source_outside_its_mask(models):
         assert_close(got.images[i : i + 1], expected.images, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="keep_source"):
         MethodSpec("w/o Mask", "mcdm", "m", use_mask=False, keep_source=True)
+
+
+def test_baseline_rows_without_a_model_take_the_tables_base(models):
+    """A table names its base once: SDEdit / DiffEdit rows without `model` edit with the evaluation's base."""
+    specs = [
+        MethodSpec("Ours", "mcdm", str(models / "mcdm"), steps=2),
+        MethodSpec("SDEdit 0.5", "sdedit", steps=4),
+    ]
+    system = EvaluationSystem(specs, base="tiny", image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    assert [s.model for s in system.specs] == [str(models / "mcdm"), "tiny"]
+    with pytest.raises(ValueError, match="no base model"):
+        EvaluationSystem([MethodSpec("SDEdit 0.5", "sdedit", steps=4)])
+    with pytest.raises(ValueError, match="an mcdm row needs `model`"):
+        MethodSpec("Ours", "mcdm")

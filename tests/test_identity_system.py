@@ -285,3 +285,22 @@ def test_faces_without_metadata_get_clip_zero_shot_genders_cached(tmp_path, clip
     again = FaceImagesDataModule(root=str(folder), image_size=32, num_workers=0, gender_cache=str(cache))
     again.setup("fit")  # no CLIP given: the cache alone labels every face
     assert again.dataset.genders == dm.dataset.genders
+
+
+def test_a_small_face_folder_keeps_nine_tenths_to_train_on(tmp_path):
+    """val_samples: 256 (the FFHQ config's) on a 12-face folder holds out a tenth, 1 face, not all 12."""
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((16, 16, 3), 20 * i, np.uint8)).save(folder / f"{i:02d}.png")
+    genders = tmp_path / "genders.json"
+    genders.write_text(json.dumps({f"{i:02d}": "woman" for i in range(12)}))
+    dm = FaceImagesDataModule(
+        root=str(folder), image_size=16, batch_size=2, num_workers=0, genders=str(genders)
+    )
+    dm.setup("fit")
+    assert len(dm.train_dataloader().dataset) == 11 and len(dm.val_dataloader().dataset) == 1
+    with pytest.raises(ValueError, match="12 faces, 11 to train on: fewer than one batch"):
+        FaceImagesDataModule(
+            root=str(folder), image_size=16, batch_size=12, num_workers=0, genders=str(genders)
+        ).train_dataloader()
