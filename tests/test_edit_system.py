@@ -90,3 +90,22 @@ def test_keep_source_reaches_the_editor_and_the_record(model, tmp_path):
     assert np.abs(got - want).max() <= 1
     with pytest.raises(ValueError, match="use_mask"):
         EditSystem(str(model), directions=["santa"], use_mask=False, keep_source=True)
+
+
+def test_every_format_the_loader_reads_is_edited_once_under_its_own_name(model, tmp_path):
+    """.tif / .gif / .bmp are edited like .png; x.png and x.jpg (and a/y.png, b/y.png) get outputs of their own."""
+    from portrait_edit.data.images import image_files
+
+    inputs, out = tmp_path / "inputs", tmp_path / "edits"
+    (inputs / "a").mkdir(parents=True), (inputs / "b").mkdir()
+    picture = lambda seed: Image.fromarray(make_pair(seed, "santa", size=SIZE).src)  # noqa: E731
+    files = ["t.tif", "g.gif", "m.bmp", "x.png", "x.jpg", "a/y.png", "b/y.png"]
+    for seed, name in enumerate(files):
+        picture(seed).save(inputs / name)
+    names = list(image_files(inputs))
+    assert sorted(names) == ["a_y_png", "b_y_png", "g", "m", "t", "x_jpg", "x_png"]
+    genders = tmp_path / "genders.json"
+    genders.write_text(json.dumps(dict.fromkeys(names, "woman")))
+    run(model, inputs, out, genders)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(names)
+    assert json.loads((out / "report-r0.json").read_text())["edited"] == len(files)

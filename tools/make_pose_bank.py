@@ -20,11 +20,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from portrait_edit.data.images import load_image
+from portrait_edit.data.images import IMAGE_SUFFIXES, image_files, load_image
 from portrait_edit.data.pose_bank import PoseBank, load_openpose_detector, world_pose_bank
 from portrait_edit.world.pose import KEYPOINT_NAMES
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def keypoints_of(poses) -> np.ndarray | None:
@@ -45,7 +43,7 @@ def detect_bank(folder: Path, detector_source: str, count: int | None) -> tuple[
         detector = load_openpose_detector(detector_source)
     except ValueError as exc:
         raise SystemExit(f"make_pose_bank: error: {exc}") from None
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = list(image_files(folder).values())
     if not files:
         raise SystemExit(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
     found, skipped = [], 0

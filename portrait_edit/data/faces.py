@@ -8,7 +8,7 @@ A batch (what IdentityConditioning reads):
 
 `FaceImagesDataModule`: a folder of images (FFHQ layout: any depth of .png / .jpg / .jpeg / .webp) or
 WebDataset shards of `png` / `jpg` (+ optional `json` with "gender"). Gender comes from metadata where known
-(`genders`: a JSON {file stem or shard key: "man" / "woman"}, or the shard's json), else from CLIP
+(`genders`: a JSON {image name (`images.image_files`: the file stem) or shard key: "man" / "woman"}, or the shard's json), else from CLIP
 zero-shot with the CLIP named by `gender_clip`, computed once in setup (cached to `gender_cache`).
 Corrupt images are skipped and counted (`collate_faces`), never a crash.
 """
@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from portrait_edit.data.error_handler import COUNTS_FIELD, CountingErrorHandler
-from portrait_edit.data.images import decode_image, load_image, to_tensor
+from portrait_edit.data.images import IMAGE_SUFFIXES, decode_image, image_files, load_image, to_tensor
 from portrait_edit.data.shard_pipeline import PairShardsMapDataset, resolve_shards
 from portrait_edit.data.shard_writer import atomic_write_json
 from portrait_edit.models.token_splice import GENDER_WORDS
@@ -36,7 +36,6 @@ from portrait_edit.models.zero_shot import ZeroShotGender
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 IMAGE_FIELDS = ("png", "jpg", "jpeg", "webp", "src.png")  # src.png: the x_A of pair shards
 
 
@@ -58,9 +57,8 @@ class FaceImagesDataset(Dataset):
         self.image_size = image_size
         self.handler = handler or CountingErrorHandler()
         path = Path(root)
-        self.files = (
-            sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else []
-        )
+        named = image_files(path) if path.is_dir() else {}
+        self.files = list(named.values())
         self.shards = None
         if not self.files:
             if path.is_dir() and not any(path.glob("*.tar")):
@@ -72,7 +70,7 @@ class FaceImagesDataset(Dataset):
                 root
             )  # a glob or brace pattern: raises, naming `root`, when nothing matches
             self.shards = PairShardsMapDataset(urls, self.handler, required=())
-        self.names = [p.stem for p in self.files] if self.files else [k for _, k, _ in self.shards.index]
+        self.names = list(named) if self.files else [k for _, k, _ in self.shards.index]
         if not self.names:
             raise ValueError(
                 f"no face images in the shards {root!r}; regenerate or point at a folder of images"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +29,25 @@ from PIL import Image, ImageOps
 PNG_COMPRESS_LEVEL = 6
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+# The files a folder of images offers: every format `decode_image` reads (PIL's), by suffix.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".gif", ".bmp")
+
+
+def image_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """The image files under `folder` (any depth, IMAGE_SUFFIXES in any case) by a name unique in the
+    folder: the file stem (FFHQ's `00042` for `00042.png`, the key of a genders JSON), unless several
+    files share it, which are named `<stem>_<suffix>` (`x_png`, `x_jpg`) and, where that still repeats
+    (`a/x.png`, `b/x.png`), with their folders first (`a_x_png`). Sorted by path."""
+    root = Path(folder)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    names = [p.stem for p in files]
+    for rule in (
+        lambda p: f"{p.stem}_{p.suffix[1:].lower()}",
+        lambda p: "_".join([*p.relative_to(root).parent.parts, p.stem, p.suffix[1:].lower()]),
+    ):
+        repeated = {n for n in names if names.count(n) > 1}
+        names = [rule(p) if n in repeated else n for p, n in zip(files, names)]
+    return dict(zip(names, files))
 
 
 def decode_image(

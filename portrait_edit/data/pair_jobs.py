@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from portrait_edit.data.faces import IMAGE_SUFFIXES
+from portrait_edit.data.images import IMAGE_SUFFIXES, image_files
 from portrait_edit.data.jobs import Job, JobsDataModule, sample_seed
 from portrait_edit.data.pose_bank import PoseBank
 from portrait_edit.data.prompts import person_descriptions, prompts_for
@@ -38,7 +38,7 @@ class PairJobsDataModule(JobsDataModule):
     directions: the edit directions to cycle through (None: every direction of the task).
     faces: `world` for mini-world identities, or a folder of face images.
     identities: how many distinct world identities to draw from (faces: world).
-    genders: JSON {file stem: man/woman} for a face folder.
+    genders: JSON {image name (the file stem, `images.image_files`): man/woman} for a face folder.
     identity_samples: validation-set mode: pairs [0, identity_samples) use identity words, the others a
         person description instead; None: every pair uses identity words.
     shard_size, batch_size, seed: as in JobsDataModule.
@@ -72,10 +72,10 @@ class PairJobsDataModule(JobsDataModule):
         self.identity_samples = identity_samples
         self.descriptions = person_descriptions() if identity_samples is not None else []
         self.identities = identities
-        self.files: list[Path] = []
+        self.files: list[tuple[str, Path]] = []  # (name, path): the genders file's key and the image
         self.genders: dict[str, str] = {}
         if faces != WORLD:
-            self.files = sorted(p for p in Path(faces).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            self.files = list(image_files(faces).items())
             if not self.files:
                 raise ValueError(f"no face images ({', '.join(IMAGE_SUFFIXES)}) under {faces!r}")
             if genders is None:
@@ -99,10 +99,12 @@ class PairJobsDataModule(JobsDataModule):
             person = identity_from_seed(identity_seed)
             gender, source, description = person.gender, f"{WORLD}:{identity_seed}", describe_identity(person)
         else:
-            path = self.files[int(rng.integers(len(self.files)))]
-            if path.stem not in self.genders:
-                raise ValueError(f"no gender for face {path} in the genders file; add it or drop the image")
-            gender, source = self.genders[path.stem], str(path)
+            name, path = self.files[int(rng.integers(len(self.files)))]
+            if name not in self.genders:
+                raise ValueError(
+                    f"no gender for face {path} ({name!r}) in the genders file; add it or drop the image"
+                )
+            gender, source = self.genders[name], str(path)
             description = self.descriptions[description_draw] if self.descriptions else None
         description = None if with_identity else description
         return {
