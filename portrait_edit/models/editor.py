@@ -125,6 +125,8 @@ class MCDMEditor:
             image_size=s["image_size"], image_mean=s["image_mean"], image_std=s["image_std"],
             adapter=str(folder / "image_adapter") if s["use_image"] else None,
             image_encoder=str(folder) if s["use_image"] else None,
+            # Exports made before these were recorded have our adapter and nulls.
+            adapter_kind=s.get("adapter", "ours"), spatial_null=s.get("spatial_null", "black"),
         )  # fmt: skip
         parts = ("vae", "unet", *conditioning.parts)
         components = load_components(str(folder), parts=parts, torch_dtype=dtype)

@@ -16,19 +16,29 @@ CLIP tokens are computed once and cached; the adapter runs on them, so the image
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from diffusers import UniPCMultistepScheduler
 from torch import nn
 
+from portrait_edit.data.shard_writer import atomic_write_bytes
 from portrait_edit.diffusion.conditions import CONDITIONS, apply_null, drop_masks
 from portrait_edit.models.clip_image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_hidden_state
 from portrait_edit.models.components import SDComponents, load_image_encoder, vae_scale_factor
 from portrait_edit.models.conditioning import Batch, TextConditioning, _freeze, scaled_latents
+from portrait_edit.models.export import replace_folder, save_module
 from portrait_edit.models.folder_model import FolderModel
+from portrait_edit.models.official_adapter import KIND as OFFICIAL
+from portrait_edit.models.official_adapter import OfficialAdapterConfig, OfficialImageAdapter
 from portrait_edit.models.widen import widen_conv_in
+
+ADAPTER_KINDS = ("ours", OFFICIAL)
+SPATIAL_NULLS = ("black", "zeros")
 
 
 @dataclass
@@ -110,6 +120,10 @@ class MCDMConditioning(TextConditioning):
             ViT-L/14; the mini CLIP reads 64 x 64 images with mean = std = 0.5).
         seed: seed of the adapter's initial weights.
         adapter: folder of a trained adapter (an MCDM export's image_adapter/) to start from; None: new.
+        adapter_kind: "ours" (`ImageEmbeddingAdapter`) or "official" (the released checkpoints'
+            `OfficialImageAdapter`, which reads every CLIP token and returns as many).
+        spatial_null: the spatial condition's null: "black" (E of the all-black image, ours, the same in
+            training and guidance) or "zeros" (an all-zero latent: what the released model's guidance uses).
     """
 
     def __init__(
@@ -128,10 +142,18 @@ class MCDMConditioning(TextConditioning):
         image_std: list[float] | None = None,
         seed: int = 0,
         adapter: str | None = None,
+        adapter_kind: str = "ours",
+        spatial_null: str = "black",
     ) -> None:
         super().__init__(caption_dropout=0.0)  # the text is dropped with the other conditions
         if not 0.0 <= p_drop <= 1.0:
             raise ValueError(f"p_drop must be in [0, 1], got {p_drop}")
+        if adapter_kind not in ADAPTER_KINDS or spatial_null not in SPATIAL_NULLS:
+            raise ValueError(
+                f"adapter_kind must be one of {ADAPTER_KINDS} and spatial_null one of {SPATIAL_NULLS}; got "
+                f"{adapter_kind!r}, {spatial_null!r}"
+            )
+        self.adapter_kind, self.spatial_null = adapter_kind, spatial_null
         self.p_drop = p_drop
         self.subset_weights = subset_weights
         self.use_spatial = use_spatial
@@ -151,7 +173,7 @@ class MCDMConditioning(TextConditioning):
             list(image_std or OPENAI_CLIP_STD),
         )
         self.image_encoder: nn.Module | None = None
-        self.adapter: ImageEmbeddingAdapter | None = None
+        self.adapter: ImageEmbeddingAdapter | OfficialImageAdapter | None = None
         self._vae: tuple[nn.Module, ...] = ()  # the system's frozen VAE (a tuple: not registered twice)
         self._text: dict[str, torch.Tensor] = {}
         self._black: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -181,28 +203,41 @@ class MCDMConditioning(TextConditioning):
             else:
                 image_encoder = components.image_encoder
             self.image_encoder = _freeze(image_encoder)
-            vision = self.image_encoder.config
-            patches = (self.clip_view[1] // vision.patch_size) ** 2
+            self.adapter = self._adapter(components)
+
+    def _adapter(self, components: SDComponents) -> ImageEmbeddingAdapter | OfficialImageAdapter:
+        """The image adapter: the trained one of `adapter` (checked against the model's sizes) or a new,
+        seeded one."""
+        vision, unet = self.image_encoder.config, components.unet.config
+        clip_tokens = (self.clip_view[1] // vision.patch_size) ** 2 + 1
+        if self.adapter_kind == OFFICIAL:
+            cls = OfficialImageAdapter
+            config = OfficialAdapterConfig(
+                components.vae.config.latent_channels, unet.sample_size, vision.hidden_size, clip_tokens
+            )
+            if vision.hidden_size != unet.cross_attention_dim:
+                raise ValueError(
+                    f"the released adapter appends CLIP's {vision.hidden_size}-wide tokens to the context as they "
+                    f"are: the UNet's cross-attention width must match, not {unet.cross_attention_dim}"
+                )
+        else:
+            cls = ImageEmbeddingAdapter
             num_tokens, pool, ratio = self.adapter_sizes
             config = ImageAdapterConfig(
-                latent_channels=components.vae.config.latent_channels,
-                clip_width=vision.hidden_size,
-                clip_tokens=patches + 1,
-                width=components.unet.config.cross_attention_dim,
-                num_tokens=num_tokens,
-                latent_pool=pool,
-                mlp_ratio=ratio,
-            )
-            if self.adapter_source is not None:
-                self.adapter = ImageEmbeddingAdapter.from_pretrained(self.adapter_source).train()
-                if self.adapter.config != config:
-                    raise ValueError(
-                        f"adapter {self.adapter_source} is {self.adapter.config}, the model needs {config}"
-                    )
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(self.seed)
-                    self.adapter = ImageEmbeddingAdapter(config)
+                latent_channels=components.vae.config.latent_channels, clip_width=vision.hidden_size,
+                clip_tokens=clip_tokens, width=unet.cross_attention_dim, num_tokens=num_tokens,
+                latent_pool=pool, mlp_ratio=ratio,
+            )  # fmt: skip
+        if self.adapter_source is not None:
+            adapter = cls.from_pretrained(self.adapter_source).train()
+            if adapter.config != config:
+                raise ValueError(
+                    f"adapter {self.adapter_source} is {adapter.config}, the model needs {config}"
+                )
+            return adapter
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return cls(config)
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {"image_adapter": self.adapter} if self.adapter is not None else {}
@@ -254,7 +289,8 @@ class MCDMConditioning(TextConditioning):
         keep = torch.zeros(len(latent), dtype=torch.bool)
         drop = {name: (drop or {}).get(name, keep) for name in CONDITIONS}
         black_latent, black_clip = self.black_conditions(image_size)
-        c_s = apply_null(latent, black_latent.to(device), drop["spatial"]) if self.use_spatial else None
+        spatial_null = torch.zeros_like(black_latent) if self.spatial_null == "zeros" else black_latent
+        c_s = apply_null(latent, spatial_null.to(device), drop["spatial"]) if self.use_spatial else None
         text = apply_null(text.to(device), self.cached_text([""]).to(device, text.dtype), drop["text"])
         if not self.use_image:
             return c_s, text
@@ -296,3 +332,52 @@ class MCDMConditioning(TextConditioning):
         c_s, context = self.conditions(latent, clip, text, size, drop)
         sample = noisy_latents if c_s is None else torch.cat([noisy_latents, c_s.to(noisy_latents)], dim=1)
         return {"sample": sample, "encoder_hidden_states": context.to(noisy_latents.dtype)}
+
+
+def save_mcdm_export(
+    out: str | Path,
+    unet: nn.Module,
+    adapter: nn.Module | None,
+    conditioning: MCDMConditioning,
+    scheduler_config: dict[str, Any],
+    settings: dict[str, Any],
+    dtype: torch.dtype,
+) -> Path:
+    """Write a self-contained MCDM export, the one folder `MCDMEditor.from_pretrained` loads: `unet/`,
+    `image_adapter/`, the frozen `vae/`, `text_encoder/`, `tokenizer/`, `image_encoder/`, a UniPC
+    `scheduler/` and `mcdm.json`: how the conditions are computed (`export_schema`) plus `settings`
+    (scales, the mask's noise level, the base, where the weights came from). Each part is swapped in whole.
+
+    Args:
+        unet, adapter: the (widened) UNet and the image adapter to write (the EMA copies of a training run);
+            adapter None without the image condition.
+        conditioning: the bound conditioning whose frozen encoders and settings to write.
+        scheduler_config: the UniPC configuration (the training noise schedule).
+        settings: the rest of mcdm.json; must hold "scales".
+        dtype: dtype of every stored weight.
+    """
+    out = Path(out)
+    c = conditioning
+    modules = {"unet": unet, "vae": c._vae[0], "text_encoder": c.text_encoder}
+    if c.use_image:
+        modules |= {"image_adapter": adapter, "image_encoder": c.image_encoder}
+    for name, module in modules.items():
+        save_module(module, out / name, dtype)
+    replace_folder(out / "tokenizer", c.tokenizer.save_pretrained)
+    replace_folder(out / "scheduler", UniPCMultistepScheduler.from_config(scheduler_config).save_pretrained)
+    schema = export_schema(c)
+    atomic_write_bytes(out / "mcdm.json", (json.dumps({**schema, **settings}, indent=2) + "\n").encode())
+    return out
+
+
+def export_schema(c: MCDMConditioning) -> dict[str, Any]:
+    """How an export's conditions are computed (the keys of mcdm.json that MCDMEditor builds its
+    conditioning from): which conditions, the adapter's kind and sizes, the CLIP view and the nulls."""
+    return {
+        "use_spatial": c.use_spatial, "use_image": c.use_image, "adapter": c.adapter_kind,
+        "spatial_null": c.spatial_null,
+        "num_image_tokens": c.adapter.config.clip_tokens if c.adapter_kind == OFFICIAL else c.adapter_sizes[0],
+        "latent_pool": c.adapter_sizes[1], "mlp_ratio": c.adapter_sizes[2], "clip_layer": c.clip_view[0],
+        "image_size": c.clip_view[1], "image_mean": c.clip_view[2], "image_std": c.clip_view[3],
+        "scheduler": "UniPC", "num_inference_steps": 20,
+    }  # fmt: skip

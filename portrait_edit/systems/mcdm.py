@@ -9,24 +9,20 @@ Condition dropout (p = 0.2 over the 7 condition subsets) happens in `MCDMConditi
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import UniPCMultistepScheduler
 from lightning.pytorch.utilities import rank_zero_only
 
 from portrait_edit.data.cached_conditions import cache_settings, check_cached_conditions
 from portrait_edit.data.images import to_uint8
-from portrait_edit.data.shard_writer import atomic_write_bytes
 from portrait_edit.diffusion.conditions import swap_mask
 from portrait_edit.diffusion.masks import MASK_AT
 from portrait_edit.diffusion.noise import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS
 from portrait_edit.models.editor import MCDMEditor
-from portrait_edit.models.export import replace_folder, save_module
-from portrait_edit.models.mcdm import MCDMConditioning
+from portrait_edit.models.mcdm import MCDMConditioning, save_mcdm_export
 from portrait_edit.systems.diffusion import DiffusionSystem
 
 # Guidance defaults (supplementary 1.3): image 3, spatial 3, text 5; UniPC, 20 steps.
@@ -202,34 +198,10 @@ class MCDMSystem(DiffusionSystem):
         VAE, text encoder, tokenizer, image encoder and scheduler of the base, and `mcdm.json` (how the
         conditions are computed, the guidance scales, the mask's noise level and the base it was trained
         from)."""
-        written = DiffusionSystem.export.__wrapped__(self, out_dir, dtype)
-        out = Path(out_dir)
-        c = self.conditioning
-        frozen = {"vae": self.vae, "text_encoder": c.text_encoder, "tokenizer": c.tokenizer}
-        if c.use_image:
-            frozen["image_encoder"] = c.image_encoder
-        for name, part in frozen.items():  # stored in the export dtype, like the trained parts
-            if name == "tokenizer":
-                replace_folder(out / name, part.save_pretrained)
-            else:
-                save_module(part, out / name, dtype)
-        replace_folder(out / "scheduler", UniPCMultistepScheduler(**SCHEDULER).save_pretrained)
-        settings = {
-            "base": self.hparams.base,
-            "vae": self.hparams.vae,
-            "use_spatial": c.use_spatial,
-            "use_image": c.use_image,
-            "num_image_tokens": c.adapter_sizes[0],
-            "latent_pool": c.adapter_sizes[1],
-            "mlp_ratio": c.adapter_sizes[2],
-            "clip_layer": c.clip_view[0],
-            "image_size": c.clip_view[1],
-            "image_mean": c.clip_view[2],
-            "image_std": c.clip_view[3],
-            "scales": self.scales,
-            "mask_at": self.hparams.mask_at,
-            "scheduler": "UniPC",
-            "num_inference_steps": 20,
-        }
-        atomic_write_bytes(out / "mcdm.json", (json.dumps(settings, indent=2) + "\n").encode())
-        return written
+        final = {name: self.ema[name].module if self.ema else module for name, module in self.trained.items()}
+        settings = {"base": self.hparams.base, "vae": self.hparams.vae, "scales": self.scales,
+                    "mask_at": self.hparams.mask_at}  # fmt: skip
+        save_mcdm_export(
+            out_dir, final["unet"], final.get("image_adapter"), self.conditioning, SCHEDULER, settings, dtype
+        )
+        return [Path(out_dir) / name for name in final]
