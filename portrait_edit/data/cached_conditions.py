@@ -14,7 +14,6 @@ import hashlib
 import io
 import json
 import os
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from portrait_edit.data.images import decode_image, to_tensor
-from portrait_edit.data.shard_pipeline import read_shard_samples, resolve_shards
+from portrait_edit.data.shard_pipeline import read_shard_samples, resolve_shards, write_shard_samples
 from portrait_edit.data.shard_writer import atomic_write_json, file_sha256
 from portrait_edit.models.components import load_components
 from portrait_edit.models.mcdm import MCDMConditioning
@@ -137,14 +136,7 @@ def cache_shard(
             samples[key]["src.latent.npy"] = npy_bytes(src_latent[k], dtype)
             samples[key]["tgt.latent.npy"] = npy_bytes(tgt_latent[k], dtype)
             samples[key]["src.clip.npy"] = npy_bytes(clip[k], dtype)
-    tmp = f"{dest}.cache.tmp"
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-        for key, fields in samples.items():
-            for field in sorted(fields):
-                info = tarfile.TarInfo(f"{key}.{field}")
-                info.size, info.mtime, info.mode = len(fields[field]), 0, 0o444
-                tar.addfile(info, io.BytesIO(fields[field]))
-    os.replace(tmp, dest)
+    write_shard_samples(dest, samples)
     _update_checksums(dest, samples)
     return len(keys), bad
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import io
 import json
 import logging
 import math
@@ -90,6 +91,19 @@ def read_shard_samples(url: str) -> dict[str, dict[str, bytes]]:
             if member.isreg() and field:
                 samples.setdefault(key, {})[field] = tar.extractfile(member).read()
     return samples
+
+
+def write_shard_samples(path: str, samples: dict[str, dict[str, bytes]]) -> None:
+    """Write {key: {field: bytes}} as a shard at `path`, members sorted per sample, fixed mtime and mode (a
+    reproducible tar), through a temporary name renamed into place (readers never see half a shard)."""
+    tmp = f"{path}.write.tmp"
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        for key, fields in samples.items():
+            for field in sorted(fields):
+                info = tarfile.TarInfo(f"{key}.{field}")
+                info.size, info.mtime, info.mode = len(fields[field]), 0, 0o444
+                tar.addfile(info, io.BytesIO(fields[field]))
+    os.replace(tmp, path)
 
 
 def split_by_rank(src: Iterable[Any], rank: int, world_size: int) -> Iterator[Any]:

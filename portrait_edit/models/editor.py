@@ -77,6 +77,22 @@ def row_seeds(seed: int | list[int], count: int) -> list[int]:
     return seeds
 
 
+def export_conditioning(settings: dict, folder: str | Path | None = None) -> MCDMConditioning:
+    """The (unbound) conditioning an export's mcdm.json describes; with `folder`, its trained adapter and
+    image encoder are read from there at bind time (None: the caller gives them)."""
+    s = settings
+    use_image = s["use_image"] and folder is not None
+    return MCDMConditioning(
+        p_drop=0.0, use_spatial=s["use_spatial"], use_image=s["use_image"], num_image_tokens=s["num_image_tokens"],
+        latent_pool=s["latent_pool"], mlp_ratio=s["mlp_ratio"], clip_layer=s["clip_layer"],
+        image_size=s["image_size"], image_mean=s["image_mean"], image_std=s["image_std"],
+        adapter=str(Path(folder) / "image_adapter") if use_image else None,
+        image_encoder=str(folder) if use_image else None,
+        # Exports made before these were recorded have our adapter and nulls.
+        adapter_kind=s.get("adapter", "ours"), spatial_null=s.get("spatial_null", "black"),
+    )  # fmt: skip
+
+
 class MCDMEditor:
     """Edits portraits with a trained MCDM.
 
@@ -119,31 +135,26 @@ class MCDMEditor:
         if not settings_path.is_file():
             raise ValueError(f"{folder} is not an MCDM export (no mcdm.json); export one with an MCDM fit")
         s = json.loads(settings_path.read_text())
-        conditioning = MCDMConditioning(
-            use_spatial=s["use_spatial"], use_image=s["use_image"], num_image_tokens=s["num_image_tokens"],
-            latent_pool=s["latent_pool"], mlp_ratio=s["mlp_ratio"], clip_layer=s["clip_layer"],
-            image_size=s["image_size"], image_mean=s["image_mean"], image_std=s["image_std"],
-            adapter=str(folder / "image_adapter") if s["use_image"] else None,
-            image_encoder=str(folder) if s["use_image"] else None,
-            # Exports made before these were recorded have our adapter and nulls.
-            adapter_kind=s.get("adapter", "ours"), spatial_null=s.get("spatial_null", "black"),
-        )  # fmt: skip
+        conditioning = export_conditioning(s, folder)
         parts = ("vae", "unet", *conditioning.parts)
         components = load_components(str(folder), parts=parts, torch_dtype=dtype)
         conditioning.bind(components)
         scheduler = UniPCMultistepScheduler.load_config(folder / "scheduler")
-        # Exports made before mask_at was recorded read the mask where the paper does.
-        editor = cls(
-            components.unet,
-            conditioning.to(dtype),
-            s["scales"],
-            dict(scheduler),
-            mask_at=s.get("mask_at", MASK_AT),
-        )
+        editor = cls.from_settings(components.unet, conditioning.to(dtype), dict(scheduler), s)
         editor.unet.to(device)
         editor.conditioning.to(device)
         components.vae.to(device)
         return editor
+
+    @classmethod
+    def from_settings(
+        cls, unet: nn.Module, conditioning: MCDMConditioning, scheduler_config: dict, settings: dict
+    ) -> MCDMEditor:
+        """The editor of an export's (bound) parts and its mcdm.json `settings` (scales, mask_at)."""
+        # Exports made before mask_at was recorded read the mask where the paper does.
+        return cls(
+            unet, conditioning, settings["scales"], scheduler_config, mask_at=settings.get("mask_at", MASK_AT)
+        )
 
     @property
     def vae(self) -> nn.Module:

@@ -30,6 +30,15 @@ class FolderModel(nn.Module):
 
     config: Any
 
+    # As diffusers and transformers models have them (a DiffusionPipeline reads them off its modules).
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
     def save_pretrained(
         self, folder: str | Path, dtype: torch.dtype | None = None, safe_serialization: bool = True
     ) -> Path:

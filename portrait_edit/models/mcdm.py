@@ -33,6 +33,7 @@ from portrait_edit.models.components import SDComponents, load_image_encoder, va
 from portrait_edit.models.conditioning import Batch, TextConditioning, _freeze, scaled_latents
 from portrait_edit.models.export import replace_folder, save_module
 from portrait_edit.models.folder_model import FolderModel
+from portrait_edit.models.model_card import model_card
 from portrait_edit.models.official_adapter import KIND as OFFICIAL
 from portrait_edit.models.official_adapter import OfficialAdapterConfig, OfficialImageAdapter
 from portrait_edit.models.widen import widen_conv_in
@@ -345,8 +346,9 @@ def save_mcdm_export(
 ) -> Path:
     """Write a self-contained MCDM export, the one folder `MCDMEditor.from_pretrained` loads: `unet/`,
     `image_adapter/`, the frozen `vae/`, `text_encoder/`, `tokenizer/`, `image_encoder/`, a UniPC
-    `scheduler/` and `mcdm.json`: how the conditions are computed (`export_schema`) plus `settings`
-    (scales, the mask's noise level, the base, where the weights came from). Each part is swapped in whole.
+    `scheduler/`, `mcdm.json` (how the conditions are computed, `export_schema`, plus `settings`: scales,
+    the mask's noise level, the base, where the weights came from) and a model card (README.md:
+    models/model_card.py). Each part is swapped in whole.
 
     Args:
         unet, adapter: the (widened) UNet and the image adapter to write (the EMA copies of a training run);
@@ -365,8 +367,10 @@ def save_mcdm_export(
         save_module(module, out / name, dtype)
     replace_folder(out / "tokenizer", c.tokenizer.save_pretrained)
     replace_folder(out / "scheduler", UniPCMultistepScheduler.from_config(scheduler_config).save_pretrained)
-    schema = export_schema(c)
-    atomic_write_bytes(out / "mcdm.json", (json.dumps({**schema, **settings}, indent=2) + "\n").encode())
+    record = {**export_schema(c), **settings}
+    card = model_card({**record, "image_encoder_source": c.image_encoder_source})
+    atomic_write_bytes(out / "README.md", card.encode())
+    atomic_write_bytes(out / "mcdm.json", (json.dumps(record, indent=2) + "\n").encode())
     return out
 
 

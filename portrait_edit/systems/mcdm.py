@@ -199,8 +199,20 @@ class MCDMSystem(DiffusionSystem):
         conditions are computed, the guidance scales, the mask's noise level and the base it was trained
         from)."""
         final = {name: self.ema[name].module if self.ema else module for name, module in self.trained.items()}
-        settings = {"base": self.hparams.base, "vae": self.hparams.vae, "scales": self.scales,
-                    "mask_at": self.hparams.mask_at}  # fmt: skip
+        hp = self.hparams
+        trainer = self._trainer
+        loss = trainer.callback_metrics.get("train/loss") if trainer is not None else None
+        training = {
+            "optimizer_steps": self.global_step, "lr": hp.lr, "ema": hp.use_ema, "p_swap": hp.p_swap,
+            "p_drop": self.conditioning.p_drop, "last_train_loss": None if loss is None else round(float(loss), 5),
+        }  # fmt: skip
+        settings = {
+            "base": hp.base,
+            "vae": hp.vae,
+            "scales": self.scales,
+            "mask_at": hp.mask_at,
+            "training": training,
+        }
         save_mcdm_export(
             out_dir, final["unet"], final.get("image_adapter"), self.conditioning, SCHEDULER, settings, dtype
         )
