@@ -133,4 +133,6 @@ def test_a_fit_refuses_conditions_cached_for_another_clip_layer(shards):
         check_cached_conditions(str(out), settings)
     system = MCDMSystem(base="tiny", conditioning=MCDMConditioning(**TINY, clip_layer=-2))
     with pytest.raises(ValueError, match="made for another model: clip_layer"):
-        Trainer(max_steps=1, **QUIET).fit(system, datamodule=PairShardsDataModule(str(out), num_workers=0))
+        Trainer(max_steps=1, enable_checkpointing=False, default_root_dir=str(out.parent), **QUIET).fit(
+            system, datamodule=PairShardsDataModule(str(out), num_workers=0)
+        )
