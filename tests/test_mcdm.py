@@ -141,7 +141,9 @@ def test_export_is_a_self_contained_folder(tmp_path):
     assert settings["image_size"] == SIZE and settings["use_spatial"] and settings["use_image"]
     assert not list(tmp_path.glob(".*"))  # no temporary folder left behind
     card = (tmp_path / "README.md").read_text()  # the model card
-    assert "Learning Feature-Preserving Portrait Editing from Generated Pairs" in card and "Base: `tiny`" in card
+    assert (
+        "Learning Feature-Preserving Portrait Editing from Generated Pairs" in card and "Base: `tiny`" in card
+    )
     assert "3.0 / 3.0 / 7.0" in card and "lambda 0.2 (costume) / 0.35 (expression)" in card
     assert "| vae/ | Apache-2.0 (random weights) |" in card and '"optimizer_steps": 0' in card
 
