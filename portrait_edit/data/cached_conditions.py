@@ -56,15 +56,11 @@ def conditioning_from_model(model: dict[str, Any]) -> tuple[MCDMConditioning, di
     return conditioning.eval(), cache_settings(conditioning, base, vae)
 
 
-def _records(spec: str) -> list[Path]:
-    """The conditions.json files beside the shards `spec` names (one per shard folder that has one)."""
-    return sorted(p for p in {Path(u).parent / CONDITIONS_FILE for u in resolve_shards(spec)} if p.is_file())
-
-
 def check_cached_conditions(spec: str, settings: dict[str, Any]) -> None:
     """Raise a ValueError when shards `spec` hold conditions cached another way than `settings` say (another
     base, VAE, image encoder, CLIP layer or view): training would read them as this model's."""
-    for record in _records(spec):
+    records = {Path(url).parent / CONDITIONS_FILE for url in resolve_shards(spec)}  # one per shard folder
+    for record in sorted(p for p in records if p.is_file()):
         cached = json.loads(record.read_text())
         differ = {k: (cached.get(k), settings.get(k)) for k in _DEFINING if cached.get(k) != settings.get(k)}
         if differ:

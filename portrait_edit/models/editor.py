@@ -195,11 +195,15 @@ class MCDMEditor:
         return EditConditions(c_s, context.reshape(*split, *context.shape[1:]), latent)
 
     def guided_eps(
-        self, z: torch.Tensor, t: torch.Tensor, conditions: EditConditions
+        self,
+        z: torch.Tensor,
+        t: torch.Tensor,
+        conditions: EditConditions,
+        scales: dict[str, float] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """eps(p_a) (None without the source branch) and eps(p_b) (3-way guidance) of latents z (R, C, h, w)
-        whose rows are S copies of the B inputs (seed-major: R = S * B): all branch rows in one UNet call
-        (chunked above max_rows)."""
+        """eps(p_a) (None without the source branch) and eps(p_b) (3-way guidance with `scales`, None: the
+        editor's) of latents z (R, C, h, w) whose rows are S copies of the B inputs (seed-major: R = S * B):
+        all branch rows in one UNet call (chunked above max_rows)."""
         c_s, context = conditions.c_s, conditions.context
         branches, count = context.shape[:2]
         copies = len(z) // count
@@ -222,8 +226,8 @@ class MCDMEditor:
                 ).sample
             )
         e_none, e_image, e_spatial, *e_text = torch.cat(outputs).float().chunk(branches)
-        scales = [self.scales[k] for k in CONDITIONS]
-        guided = [multi_guidance(e_none, e_image, e_spatial, e, *scales) for e in e_text]
+        weights = [(scales or self.scales)[k] for k in CONDITIONS]
+        guided = [multi_guidance(e_none, e_image, e_spatial, e, *weights) for e in e_text]
         return (guided[0], guided[1]) if len(guided) == 2 else (None, guided[0])
 
     @torch.no_grad()
@@ -235,6 +239,7 @@ class MCDMEditor:
         steps: int = 20,
         mask_at: float = MASK_AT,
         seed: int | list[int] = 0,
+        scales: dict[str, float] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The edit mask M and its soft map, float (B, h, w) at latent resolution.
 
@@ -249,7 +254,7 @@ class MCDMEditor:
         t = scheduler.timesteps[math.ceil(mask_at * steps) - 1]
         noise = row_noise(tuple(latent.shape[1:]), row_seeds(seed, len(latent)), copies=seeds).to(latent)
         noisy = scheduler.add_noise(latent.repeat(seeds, 1, 1, 1), noise.flatten(0, 1), t.reshape(1))
-        eps_a, eps_b = self.guided_eps(noisy, t, conditions)
+        eps_a, eps_b = self.guided_eps(noisy, t, conditions, scales)
         return edit_mask(eps_a, eps_b, seeds, threshold)
 
     @torch.no_grad()
@@ -266,6 +271,7 @@ class MCDMEditor:
         mask_at: float | None = None,
         keep_source: bool = False,
         mask: torch.Tensor | None = None,
+        scales: dict[str, float] | None = None,
     ) -> EditResult:
         """Edit sources (B, 3, H, W) in [-1, 1] from p_a toward p_b.
 
@@ -284,6 +290,7 @@ class MCDMEditor:
             mask: M (B, h, w) at latent resolution, already made for these inputs (an earlier result's
                 `masks[:, ::f, ::f]`, f the VAE's scale factor), used instead of making it again; needs
                 use_mask (the result's soft_masks are then None).
+            scales: guidance scales {image, spatial, text}, any of them (None: the editor's, the export's).
         """
         if keep_source and not use_mask:
             raise ValueError("keep_source keeps x_A outside the mask: it needs use_mask=True")
@@ -295,11 +302,14 @@ class MCDMEditor:
                 f"the given mask is {tuple(mask.shape)}; it must be (B, h, w) = "
                 f"{(len(sources), *conditions.latent.shape[-2:])}, at latent resolution"
             )
+        scales = {**self.scales, **(scales or {})}
         soft = None
         seeds = row_seeds(seed, len(sources))
         if use_mask and mask is None:
             at = self.mask_at if mask_at is None else mask_at
-            mask, soft = self.mask(conditions, threshold, mask_seeds, steps, at, [s + 1 for s in seeds])
+            mask, soft = self.mask(
+                conditions, threshold, mask_seeds, steps, at, [s + 1 for s in seeds], scales
+            )
         scheduler = self.scheduler(steps)
         noise = row_noise(tuple(conditions.latent.shape[1:]), seeds)
         z = noise.to(conditions.latent) * scheduler.init_noise_sigma
@@ -309,7 +319,7 @@ class MCDMEditor:
             outside = 1 - mask.to(z)[:, None]
         timesteps = scheduler.timesteps
         for i, t in enumerate(timesteps):
-            eps_a, eps_b = self.guided_eps(z, t, conditions)
+            eps_a, eps_b = self.guided_eps(z, t, conditions, scales)
             eps = combine(eps_a, eps_b, mask) if mask is not None else eps_b
             z = scheduler.step(eps.to(z), t, z).prev_sample
             if keep_source:

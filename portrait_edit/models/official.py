@@ -27,6 +27,7 @@ import torch
 from portrait_edit.models.components import load_components, load_scheduler
 from portrait_edit.models.mcdm import MCDMConditioning, save_mcdm_export
 from portrait_edit.models.official_adapter import KIND, OfficialAdapterConfig
+from portrait_edit.models.parts import load_differences
 
 RELEASE_REPO = "ByteDance/feature-preserve-portrait-editing"
 RELEASED = ("outfit", "cartoon")  # portrait_editing_models/<name>/checkpoint-200000
@@ -55,7 +56,7 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: 
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        _, first = load_differences(exc)
         raise ValueError(
             f"{path} does not fit the base's {type(module).__name__} (first difference: {first}); convert with "
             f"the base it was trained on (--base {RELEASE_BASE})"

@@ -98,6 +98,14 @@ def _from_config(part: _Part, folder: Path, seed: int) -> torch.nn.Module:
     return _seeded(lambda: part.cls(config), seed)
 
 
+def load_differences(exc: RuntimeError) -> tuple[int, str]:
+    """How many differences a failed `load_state_dict` lists (torch writes one a line) and the first, so
+    that the error a user sees is one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    differences = [line for line in lines[1:] if "mismatch" in line or "key" in line.lower()] or lines
+    return len(differences), differences[0]
+
+
 def _from_single_file(
     name: str, part: _Part, path: Path, single_file_config: str | None, seed: int
 ) -> torch.nn.Module:
@@ -132,12 +140,11 @@ def _from_single_file(
                 if k.startswith(prefix) and not k.endswith("position_ids")
             }
             model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:  # shape or key mismatch: torch lists every one, a line each
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = next((line for line in lines if "mismatch" in line or "key" in line.lower()), lines[0])
+    except RuntimeError as exc:  # shape or key mismatch
+        count, first = load_differences(exc)
         raise ValueError(
-            f"{path} does not match the {name} config in {root} ({len(lines) - 1 or 1} differences, first: "
-            f"{detail}); set single_file_config to the matching diffusers folder or preset"
+            f"{path} does not match the {name} config in {root} ({count} differences, first: {first}); set "
+            "single_file_config to the matching diffusers folder or preset"
         ) from exc
     # diffusers loads with strict=False: a config larger than the file would leave weights random.
     n_file = sum(k.startswith(prefix) and not k.endswith("position_ids") for k in state)

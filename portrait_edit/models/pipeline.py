@@ -110,11 +110,6 @@ class PortraitEditPipeline(DiffusionPipeline):
         }
         (Path(folder) / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
-    def to(self, *args: Any, **kwargs: Any) -> PortraitEditPipeline:
-        super().to(*args, **kwargs)
-        self.editor.conditioning.to(self.device)  # its cached nulls and text follow the modules
-        return self
-
     def image_tensor(self, image: Image.Image | str | Path | torch.Tensor, size: int) -> torch.Tensor:
         """x_A as (1, 3, size, size) in [-1, 1]: a file through the project's loader, a PIL image
         centre-cropped and resized like the edit job's inputs, or a tensor (3, H, W) / (1, 3, H, W) as is."""
@@ -169,15 +164,11 @@ class PortraitEditPipeline(DiffusionPipeline):
         e = self.editor
         size = height or e.unet.config.sample_size * 2 ** (len(e.vae.config.block_out_channels) - 1)
         lam = threshold if threshold is not None or direction is None else threshold_for(direction, None)
-        kept, e.scales = e.scales, {**e.scales, **(scales or {})}
-        try:
-            result = e.edit(
-                self.image_tensor(image, size).to(self.device), [source_prompt], [prompt],
-                threshold=0.2 if lam is None else lam, use_mask=use_mask, keep_source=keep_source,
-                steps=num_inference_steps, seed=seed, mask_seeds=mask_seeds,
-            )  # fmt: skip
-        finally:
-            e.scales = kept
+        result = e.edit(
+            self.image_tensor(image, size).to(self.device), [source_prompt], [prompt],
+            threshold=0.2 if lam is None else lam, use_mask=use_mask, keep_source=keep_source,
+            steps=num_inference_steps, seed=seed, mask_seeds=mask_seeds, scales=scales,
+        )  # fmt: skip
         images = [Image.fromarray(to_uint8(x)) for x in result.images]
         masks = (
             None
