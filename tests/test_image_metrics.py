@@ -9,6 +9,7 @@ from cleanfid import fid as cleanfid
 from skimage.metrics import structural_similarity
 from torch.testing import assert_close
 
+from portrait_edit.data.eval_pairs import WorldEvalDataset
 from portrait_edit.metrics.image import (
     LPIPSMetric,
     MetricUnavailable,
@@ -20,6 +21,7 @@ from portrait_edit.metrics.image import (
     masked_ssim,
     ssim,
 )
+from portrait_edit.world import DIRECTIONS
 
 
 def images(seed, n=2, size=32):
@@ -27,33 +29,52 @@ def images(seed, n=2, size=32):
     return torch.rand(n, 3, size, size, generator=g) * 2 - 1
 
 
-def test_ssim_equals_scikit_image():
-    a, b = images(0), images(1)
-    b = 0.7 * a + 0.3 * b  # related images: SSIM well inside (0, 1)
-    ours = ssim(a, b)
-    for k in range(2):
-        x, y = ((a[k] + 1) / 2).permute(1, 2, 0).numpy(), ((b[k] + 1) / 2).permute(1, 2, 0).numpy()
-        expected = structural_similarity(
-            x,
-            y,
-            data_range=1.0,
-            channel_axis=-1,
-            gaussian_weights=True,
-            sigma=1.5,
-            use_sample_covariance=False,
-        )
-        assert ours[k].item() == pytest.approx(expected, abs=2e-3)
-    assert_close(ssim(a, a), torch.ones(2))
+def skimage_ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    """scikit-image's SSIM (Wang et al.'s settings) of two images (3, H, W) in [-1, 1]."""
+    x, y = ((a + 1) / 2).permute(1, 2, 0).double().numpy(), ((b + 1) / 2).permute(1, 2, 0).double().numpy()
+    return structural_similarity(
+        x, y, data_range=1.0, channel_axis=-1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
+
+
+@pytest.fixture(scope="module")
+def portraits():
+    """200 real mini-world pairs: held-out portraits (x_A) and their exact edits (x_B), 8 directions."""
+    data = WorldEvalDataset(inputs=25, directions=list(DIRECTIONS))
+    items = [data[i] for i in range(len(data))]
+    return torch.stack([x["source"] for x in items]), torch.stack([x["target"] for x in items])
+
+
+def test_ssim_equals_scikit_image_on_real_portraits_and_edits(portraits):
+    a, b = portraits
+    noisy = (b + 0.15 * torch.randn(b.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    for x, y in ((a, b), (b, noisy)):  # portrait vs its exact edit; an edit vs a degraded copy of it
+        ours = ssim(x, y)
+        expected = torch.tensor([skimage_ssim(x[k], y[k]) for k in range(len(x))], dtype=torch.float32)
+        assert_close(ours, expected, rtol=0, atol=1e-4)
+        assert ours.mean().item() == pytest.approx(expected.mean().item(), abs=1e-4)
+        assert expected.std() > 0.02  # the pairs span a range: a constant offset would show
+    assert_close(ssim(a[:4], a[:4]), torch.ones(4))
+
+
+def test_masked_ssim_over_the_whole_image_is_ssim_and_ignores_the_border(portraits):
+    a, b = portraits[0][:8], portraits[1][:8]
+    assert_close(masked_ssim(a, b, torch.ones(8, 64, 64)), ssim(a, b), rtol=0, atol=1e-6)
+    border = torch.ones(8, 64, 64)
+    border[:, 5:-5, 5:-5] = 0
+    assert torch.isnan(masked_ssim(a, b, border)).all()  # no window centre of the map lies there
 
 
 def test_masked_ssim_and_iou_by_hand():
     a = images(2)
-    region = torch.zeros(2, 32, 32)
-    region[:, :, :16] = 1
     b = a.clone()
-    b[:, :, :, 16:] = -b[:, :, :, 16:]  # changed on the right half only
-    kept = masked_ssim(b, a, region)
-    assert (kept > 0.9).all() and (masked_ssim(b, a, 1 - region) < kept).all()
+    b[:, :, :, 16:] = -b[:, :, :, 16:]  # changed from column 16 on
+    region = torch.zeros(2, 32, 32)
+    region[:, :, :11] = 1  # window centres whose 11-pixel windows stay within columns 0-15
+    assert_close(masked_ssim(b, a, region), torch.ones(2))
+    region[:, :, 11] = 1  # one more column of centres: their windows see column 16
+    assert (masked_ssim(b, a, region) < 1 - 1e-4).all()
+    assert (masked_ssim(b, a, 1 - region) < 0.5).all()
     m1, m2 = torch.zeros(1, 4, 4), torch.zeros(1, 4, 4)
     m1[0, :2], m2[0, 1:3] = 1, 1  # rows 0-1 vs rows 1-2: 4 shared of 12
     assert mask_iou(m1, m2).item() == pytest.approx(4 / 12)
@@ -72,18 +93,42 @@ def test_frechet_distance_equals_clean_fid():
     assert fid_from_features(a, a) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_lpips_recomputed_by_hand_from_alexnet_and_the_linear_layers(tmp_path):
+def lpips_reference(alexnet: torch.nn.Module):
+    """The lpips package's own AlexNet LPIPS, built apart from LPIPSMetric: its shipped v0.1 linear layers
+    (pretrained=True reads them from the package) and the trunk's five slices taken from `alexnet`."""
+    import lpips
+
+    reference = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
+    layers = list(alexnet.features.children())
+    for slice_, (start, end) in zip(
+        [
+            reference.net.slice1,
+            reference.net.slice2,
+            reference.net.slice3,
+            reference.net.slice4,
+            reference.net.slice5,
+        ],
+        [(0, 2), (2, 5), (5, 8), (8, 10), (10, 12)],  # lpips.pretrained_networks.alexnet's split
+    ):
+        for k in range(start, end):
+            slice_._modules[str(k)] = layers[k]
+    return reference
+
+
+def test_lpips_equals_the_lpips_package_network_with_the_same_alexnet(tmp_path):
     torch.manual_seed(0)
     alexnet = torchvision.models.alexnet(weights=None).eval()
     torch.save(alexnet.state_dict(), tmp_path / "alexnet.pth")
     metric = LPIPSMetric(backbone=str(tmp_path / "alexnet.pth"))
+    reference = lpips_reference(alexnet)
     a, b = images(3, size=64), images(4, size=64)
-    ours = metric(a, b)
-    # By hand: scaling layer, AlexNet relu outputs, unit-normalised channels, squared differences, the
-    # package's 1x1 linear layers, spatial mean, sum over the 5 layers.
+    with torch.no_grad():
+        expected = reference(a, b, normalize=False).flatten()
+    assert_close(metric(a, b), expected, rtol=1e-5, atol=1e-7)
+    # By hand from the same pieces: scaling layer, AlexNet relu outputs, unit-normalised channels, squared
+    # differences, the package's 1 x 1 linear layers, spatial mean, sum over the 5 layers.
     shift = torch.tensor([-0.030, -0.088, -0.188])[None, :, None, None]
     scale = torch.tensor([0.458, 0.448, 0.450])[None, :, None, None]
-    lins = metric.model.lins
     taps = [1, 4, 7, 9, 11]
 
     def feats(x):
@@ -95,10 +140,11 @@ def test_lpips_recomputed_by_hand_from_alexnet_and_the_linear_layers(tmp_path):
         return out
 
     with torch.no_grad():
-        expected = sum(
-            lin((fa - fb) ** 2).mean(dim=(2, 3)).flatten() for lin, fa, fb in zip(lins, feats(a), feats(b))
+        by_hand = sum(
+            lin((fa - fb) ** 2).mean(dim=(2, 3)).flatten()
+            for lin, fa, fb in zip(reference.lins, feats(a), feats(b))
         )
-    assert_close(ours, expected, rtol=1e-4, atol=1e-6)
+    assert_close(expected, by_hand, rtol=1e-4, atol=1e-6)
 
 
 def test_lpips_without_weights_is_unavailable_with_the_reason(tmp_path, monkeypatch):

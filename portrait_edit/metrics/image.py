@@ -1,7 +1,9 @@
 """Image metrics of the evaluation (paper §4, Table 1), on images in [-1, 1].
 
-- `ssim`: torchmetrics' SSIM (Gaussian window 11, sigma 1.5, data_range fixed to 1 on [0, 1] images),
-  one value per image; `masked_ssim` averages the SSIM map over a region (preservation outside the edit).
+- `ssim`: SSIM as Wang et al. (2004) and scikit-image compute it: an 11-tap Gaussian window (sigma 1.5),
+  population (co)variances, data range 1 on [0, 1] images, the map averaged over the pixels whose whole
+  window lies inside the image (a 5-pixel border is cropped, never reflect-padded), then over channels;
+  one value per image. `masked_ssim` averages the same map over a region (preservation outside the edit).
 - `frechet_distance` / `feature_stats`: the FID formula on any feature arrays (Inception features with
   clean-fid's extractor for FID proper; the mini CLIP's image features for the mini world, reported as
   "FID (mini CLIP)").
@@ -20,29 +22,55 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import linalg
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 
 def _unit(images: torch.Tensor) -> torch.Tensor:
     return ((images.float() + 1) / 2).clamp(0, 1)
 
 
+SSIM_SIGMA = 1.5
+SSIM_RADIUS = int(3.5 * SSIM_SIGMA + 0.5)  # scikit-image's truncation at 3.5 sigma: an 11-tap window
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
+def ssim_map(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The SSIM map of each pair (B, 3, H, W) in [-1, 1], channel-averaged, over the window centres whose
+    window lies wholly inside the image: float64 (B, H - 10, W - 10)."""
+    x, y = _unit(prediction).double(), _unit(target).double()
+    b, c, h, w = x.shape
+    size = 2 * SSIM_RADIUS + 1
+    if h < size or w < size:
+        raise ValueError(f"SSIM needs images of at least {size} x {size} pixels; got {h} x {w}")
+    taps = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=torch.float64)
+    g = torch.exp(-(taps**2) / (2 * SSIM_SIGMA**2))
+    g = (g / g.sum()).to(x.device)
+
+    def blur(z: torch.Tensor) -> torch.Tensor:  # separable Gaussian, "valid" (no padding)
+        z = z.reshape(b * c, 1, *z.shape[-2:])
+        z = torch.nn.functional.conv2d(z, g.view(1, 1, 1, size))
+        return torch.nn.functional.conv2d(z, g.view(1, 1, size, 1))
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    c1, c2 = SSIM_K1**2, SSIM_K2**2  # data range 1
+    full = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return full.reshape(b, c, h - size + 1, w - size + 1).mean(dim=1)
+
+
 def ssim(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """SSIM of each image pair (B, 3, H, W) in [-1, 1]: float (B,) (data_range 1 on [0, 1] images)."""
-    return structural_similarity_index_measure(
-        _unit(prediction), _unit(target), data_range=1.0, reduction="none"
-    )
+    """SSIM of each image pair (B, 3, H, W) in [-1, 1]: float (B,), equal to scikit-image's
+    structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1)
+    on the [0, 1] images, channel_axis last."""
+    return ssim_map(prediction, target).flatten(1).mean(1).float()
 
 
 def masked_ssim(prediction: torch.Tensor, target: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
-    """Mean of the SSIM map (channel-averaged) over `region` (B, H, W) in {0, 1}: float (B,) (NaN where
-    the region is empty)."""
-    _, full = structural_similarity_index_measure(
-        _unit(prediction), _unit(target), data_range=1.0, reduction="none", return_full_image=True
-    )
-    ssim_map = full.mean(dim=1)  # (B, H, W)
-    region = region.to(ssim_map)
-    return (ssim_map * region).flatten(1).sum(1) / region.flatten(1).sum(1)
+    """Mean of the SSIM map over `region` (B, H, W) in {0, 1}, on the pixels the map covers (the 5-pixel
+    border is outside it): float (B,) (NaN where the region holds none of them)."""
+    ssim_values = ssim_map(prediction, target)
+    r = SSIM_RADIUS
+    region = region[:, r : region.shape[1] - r, r : region.shape[2] - r].to(ssim_values)
+    return ((ssim_values * region).flatten(1).sum(1) / region.flatten(1).sum(1)).float()
 
 
 def mask_iou(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
