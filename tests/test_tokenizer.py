@@ -5,8 +5,8 @@ import json
 import open_clip
 import pytest
 import torch
+import transformers
 from huggingface_hub import constants as hub_constants
-from open_clip.tokenizer import basic_clean
 
 from portrait_edit.models.components import load_text_encoder, load_tokenizer
 from portrait_edit.paths import PRESETS_DIR
@@ -44,6 +44,12 @@ _BASE_PROMPTS = [
     "a sheep costume on a person with curly hair",
     "hairstyles: bob, pixie, afro, braids, ponytail",
     "ALL CAPS SHOUTING TEXT",
+    "ﬁne ﬂowers in a ﬁeld",  # ligatures
+    "ＦＵＬＬ－ｗｉｄｔｈ ｌｅｔｔｅｒｓ，ｈａｔ",
+    "Tom &amp; Jerry &lt;3 &amp;amp; friends",
+    "a bell\x07 and a\x00null and\u200b zero width",
+    "a prompt <|endoftext|> that goes on <|startoftext|>",
+    "mojibake: cafÃ© and donâ€™t",
 ]
 
 
@@ -57,8 +63,8 @@ def _prompts() -> list[str]:
         "the quick brown fox jumps over the lazy dog. " * 10,
     ]
     mixed = [f"person {i}: {w}" for i, w in enumerate(["shocked", "happy", "sad", "royal", "flower"] * 3)]
-    prompts = _BASE_PROMPTS + long_ones + mixed[: 50 - len(_BASE_PROMPTS) - len(long_ones)]
-    assert len(prompts) == 50
+    prompts = _BASE_PROMPTS + long_ones + mixed[: 56 - len(_BASE_PROMPTS) - len(long_ones)]
+    assert len(prompts) == 56
     return prompts
 
 
@@ -109,24 +115,26 @@ def _ours(tokenizer, prompt: str) -> list[int]:
 
 
 @pytest.mark.parametrize("prompt", _prompts())
-def test_matches_open_clip(clip_tokenizer, prompt):
-    # open_clip (like OpenAI's CLIP) cleans text first (ftfy.fix_text, html.unescape, strip); transformers'
-    # CLIPTokenizer, which SD pipelines use, does not. Only two prompts here are changed by it (see below).
-    ours = _ours(clip_tokenizer, basic_clean(prompt))
+def test_matches_open_clip_on_raw_prompts(clip_tokenizer, prompt):
+    ours = _ours(clip_tokenizer, prompt)
     assert len(ours) == CONTEXT
     assert ours == _open_clip_sd_padded(prompt)
+    batch = clip_tokenizer([prompt, "a man"], max_length=CONTEXT, truncation=True).input_ids
+    assert batch[0] == ours[: ours.index(EOS) + 1]  # batches too
 
 
-def test_text_cleaning_is_the_only_difference(clip_tokenizer):
-    changed = [p for p in _prompts() if basic_clean(p) != p.strip()]
-    assert changed == [
-        "“curly quotes” and ‘single’ — em dash – en dash … ellipsis",
-        "a <b>bold</b> &amp; an entity",
-    ]
-    # Raw curly quotes and "&amp;" are their own BPE tokens for transformers (and so for SD); open_clip first
-    # turns them into straight quotes and "&".
-    for prompt in changed:
-        assert _ours(clip_tokenizer, prompt) != _open_clip_sd_padded(prompt)
+def test_the_cleaning_matters_on_these_prompts():
+    # transformers' own CLIPTokenizer (every SD pipeline's) differs from OpenAI CLIP on these raw prompts.
+    raw = transformers.CLIPTokenizer.from_pretrained(PRESETS_DIR / "tokenizer")
+    differing = [p for p in _prompts() if _ours(raw, p) != _open_clip_sd_padded(p)]
+    assert len(differing) == 8
+    assert "a prompt <|endoftext|> that goes on <|startoftext|>" in differing
+
+
+def test_saved_tokenizer_is_a_plain_clip_tokenizer(clip_tokenizer, tmp_path):
+    clip_tokenizer.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] == "CLIPTokenizer"
+    assert type(load_tokenizer(str(tmp_path))) is type(clip_tokenizer)
 
 
 def test_long_prompts_really_truncate(clip_tokenizer):

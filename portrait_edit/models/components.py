@@ -17,6 +17,7 @@ from diffusers import AutoencoderKL, ControlNetModel, SchedulerMixin, UNet2DCond
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from portrait_edit import paths
+from portrait_edit.models.clip_tokenizer import CLIPPromptTokenizer
 from portrait_edit.models.parts import MODEL_PARTS, load_model
 from portrait_edit.models.sources import config_root, from_hub, locate, offline, resolve_source
 
@@ -99,13 +100,14 @@ def load_controlnet(
     return load_model("controlnet", source, torch_dtype, local_files_only, single_file_config, seed)
 
 
-def _clip_tokenizer(path: str | Path, **kwargs: Any) -> CLIPTokenizer:
-    """CLIPTokenizer.from_pretrained, except that a missing vocabulary raises OSError.
+def _clip_tokenizer(path: str | Path, **kwargs: Any) -> CLIPPromptTokenizer:
+    """CLIPPromptTokenizer.from_pretrained (OpenAI CLIP's prompt cleaning), except that a missing
+    vocabulary raises OSError.
 
     transformers 5 returns a 2-token tokenizer (every word -> <|endoftext|>) for a folder or repo id
     without tokenizer files, instead of failing.
     """
-    tokenizer = CLIPTokenizer.from_pretrained(path, **kwargs)
+    tokenizer = CLIPPromptTokenizer.from_pretrained(path, **kwargs)
     if len(tokenizer) <= 256:  # a byte-level BPE has at least the 256 byte symbols
         raise OSError(
             f"no CLIP tokenizer files (vocab.json + merges.txt or tokenizer.json) in {path} {kwargs}"
@@ -115,7 +117,7 @@ def _clip_tokenizer(path: str | Path, **kwargs: Any) -> CLIPTokenizer:
 
 def load_tokenizer(
     source: str, *, local_files_only: bool | None = None, single_file_config: str | None = None
-) -> CLIPTokenizer:
+) -> CLIPPromptTokenizer:
     """Load the CLIP tokenizer (presets and single files share the offline one in presets/tokenizer/).
 
     Args:

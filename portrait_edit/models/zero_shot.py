@@ -12,11 +12,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPModel, CLIPTokenizer, CLIPVisionModelWithProjection
+from transformers import CLIPModel, CLIPVisionModelWithProjection
 
 from portrait_edit import paths
 from portrait_edit.models.clip_image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_pixels
 from portrait_edit.models.clip_pair import load_text_projection
+from portrait_edit.models.clip_tokenizer import CLIPPromptTokenizer
 from portrait_edit.models.components import load_image_encoder, load_text_encoder, load_tokenizer
 from portrait_edit.models.sources import resolve_source
 from portrait_edit.models.token_splice import GENDER_WORDS
@@ -86,5 +87,9 @@ class ZeroShotGender(nn.Module):
         vision.vision_model.load_state_dict(model.vision_model.state_dict())
         vision.visual_projection.load_state_dict(model.visual_projection.state_dict())
         return cls(
-            vision, model.text_model, CLIPTokenizer.from_pretrained(where), model.text_projection, **kwargs
+            vision,
+            model.text_model,
+            CLIPPromptTokenizer.from_pretrained(where),
+            model.text_projection,
+            **kwargs,
         )
