@@ -20,9 +20,9 @@ from portrait_edit.data.shard_reader import (
     PairShardsDataModule,
     PairShardsMapDataset,
     SampleCountLogger,
+    TrainStream,
     batches_per_worker,
     iter_samples,
-    make_train_dataset,
     resolve_shards,
 )
 from portrait_edit.data.shard_writer import ShardWriter, file_sha256
@@ -203,18 +203,12 @@ def test_writer_rejects_dotted_keys_and_mixed_shards(tmp_path):
         writer.on_predict_end(trainer, None)
 
 
-def _train_loader(urls, rank, world_size, workers, handler=None):
+def _train_loader(urls, rank, world_size, workers):
     num = batches_per_worker(N, world_size, workers, BATCH)
-    ds = make_train_dataset(
-        urls,
-        rank=rank,
-        world_size=world_size,
-        batch_size=BATCH,
-        num_batches=num,
-        shuffle_buffer=8,
-        handler=handler,
+    stream = TrainStream(
+        urls, rank=rank, world_size=world_size, batch_size=BATCH, num_batches=num, shuffle_buffer=8
     )
-    return DataLoader(ds, batch_size=None, num_workers=workers)
+    return DataLoader(stream, batch_size=None, num_workers=workers)
 
 
 def test_reader_two_ranks_two_workers_equal_batches(reference):
@@ -253,11 +247,13 @@ def test_truncated_png_is_skipped_and_counted(reference, tmp_path, caplog):
     assert sorted(keys) == [k for k in ALL_KEYS if k != "000000007"]
     assert (handler.seen, handler.skipped) == (N, 1)
     assert "000000007" in caplog.text and "tgt.png" in caplog.text
-    # Same through the training pipeline: the counter travels with the batches.
-    handler = CountingErrorHandler(max_error_rate=0.5)
-    batches = list(_train_loader(resolve_shards(str(tmp_path)), 0, 1, workers=0, handler=handler))
-    assert sum(b["__counts__"]["skipped"] for b in batches) == handler.skipped
-    assert handler.seen >= N
+    # Through the training stream: the skipped sample travels with the batch it was read for.
+    batches = list(_train_loader(resolve_shards(str(tmp_path)), 0, 1, workers=0))
+    errors = [what for b in batches for what, _ in b["__counts__"]["errors"]]
+    assert set(errors) <= {"key 000000007"} and sum(b["__counts__"]["skipped"] for b in batches) == len(
+        errors
+    )
+    assert "000000007" not in {k for b in batches for k in b["__key__"]}
 
 
 def test_error_rate_threshold_and_corrupt_tar(reference, tmp_path):

@@ -1,11 +1,10 @@
 """Pair-shard reading pieces: shard discovery, the training pipeline, finite iteration, a map-style dataset.
 
-Training follows open_clip's recipe (ECOSYSTEM.md §2): resampled shards, OUR node splitter with the rank
-passed explicitly (webdataset's split_by_node reads env vars / torch.distributed that Lightning, srun
-and spawn workers do not set reliably), worker split, sample shuffle buffer, decode, batch inside the
-dataset, then `with_epoch(batches_per_worker)` so every worker, hence every rank, yields exactly the same
-number of batches and DDP never waits on a short rank. Corrupt data is skipped and counted by a
-`CountingErrorHandler` passed to every stage.
+The training stream itself is `train_stream.TrainStream` (resampled shards, an order that is a pure
+function of seed, epoch, rank and worker, exact resume); here: the finite readers (validation,
+inspection, tools), `batches_per_worker` (equal batches on every worker and rank, so DDP never waits on a
+short rank) and `collate_samples`. Corrupt data is skipped and counted by a `CountingErrorHandler`
+passed to every stage.
 
 The datamodule built from these pieces is `portrait_edit.data.shard_reader.PairShardsDataModule`, which
 also re-exports them.
@@ -21,8 +20,7 @@ import logging
 import math
 import os
 import tarfile
-from collections.abc import Iterable, Iterator
-from itertools import islice
+from collections.abc import Iterator
 from typing import Any
 
 import braceexpand
@@ -106,18 +104,6 @@ def write_shard_samples(path: str, samples: dict[str, dict[str, bytes]]) -> None
     os.replace(tmp, path)
 
 
-def split_by_rank(src: Iterable[Any], rank: int, world_size: int) -> Iterator[Any]:
-    """Node splitter: every world_size-th shard starting at rank. Rank is explicit, never read from env."""
-    yield from islice(src, rank, None, world_size)
-
-
-def node_splitter(rank: int, world_size: int) -> functools.partial:
-    """A picklable nodesplitter for this rank (captured in the main process, survives spawn workers)."""
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-    return functools.partial(split_by_rank, rank=rank, world_size=world_size)
-
-
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Decoded samples -> one batch: tensors of equal shape stacked, everything else (keys, json) as lists.
 
@@ -135,51 +121,6 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
 def batches_per_worker(samples_per_epoch: int, world_size: int, num_workers: int, batch_size: int) -> int:
     """ceil(samples / (world_size * max(1, workers) * batch_size)): equal on every worker and rank."""
     return max(1, math.ceil(samples_per_epoch / (world_size * max(1, num_workers) * batch_size)))
-
-
-def make_train_dataset(
-    urls: list[str],
-    *,
-    rank: int,
-    world_size: int,
-    batch_size: int,
-    num_batches: int,
-    shuffle_buffer: int = 256,
-    handler: CountingErrorHandler | None = None,
-    seed: int = 0,
-    required: tuple[str, ...] = REQUIRED_FIELDS,
-) -> wds.WebDataset:
-    """The infinite, resampled training pipeline yielding exactly `num_batches` batches per worker.
-
-    Args:
-        urls: shard files (see resolve_shards).
-        rank: global rank of this process.
-        world_size: number of ranks.
-        batch_size: samples per batch (full batches only).
-        num_batches: batches per worker per epoch (see batches_per_worker).
-        shuffle_buffer: sample shuffle buffer size; 0 disables.
-        handler: error handler shared by every stage; a fresh one (5%) when None.
-        seed: seeds the shuffle buffer (shard resampling mixes in time and pid, so order is not reproducible).
-        required: fields every sample must have.
-    """
-    handler = handler or CountingErrorHandler()
-    ds = wds.WebDataset(
-        urls,
-        resampled=True,
-        nodesplitter=node_splitter(rank, world_size),
-        workersplitter=wds.split_by_worker,
-        shardshuffle=False,  # ignored (with a warning) for resampled datasets otherwise
-        handler=handler.on_read_error,
-    )
-    if shuffle_buffer > 0:
-        ds = ds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 64), seed=seed + 100_003 * rank)
-    return (
-        ds.map(handler.count, handler=handler)
-        .map(functools.partial(decode_sample, required=required), handler=handler)
-        .batched(batch_size, partial=False, collation_fn=collate_samples)
-        .map(handler.stamp, handler=handler)
-        .with_epoch(num_batches)
-    )
 
 
 def iter_samples(

@@ -1,12 +1,16 @@
-"""Reading pair shards: `PairShardsDataModule` for training (resampled, equal batches per rank) and validation.
+"""Reading pair shards: `PairShardsDataModule` for training (resampled, equal batches per rank, exact
+resume) and validation.
 
-The pipeline pieces live in `shard_pipeline` and are re-exported here (`decode_sample`, `iter_samples`,
-`resolve_shards`, `make_train_dataset`, `PairShardsMapDataset`, ...).
+The pipeline pieces live in `shard_pipeline` and `train_stream` and are re-exported here
+(`decode_sample`, `iter_samples`, `resolve_shards`, `TrainStream`, `PairShardsMapDataset`, ...).
 
-Training batches come from `make_train_dataset`; validation from a map-style dataset so
-Lightning's DistributedSampler splits it across ranks. Every batch carries per-worker sample counts
-that `on_before_batch_transfer` strips and sums, so `sample_counts()` tells how many samples THIS rank
-saw and skipped; `SampleCountLogger` logs them at the end of every epoch.
+Training batches come from a `TrainStream` (its order a pure function of seed, epoch, rank and worker);
+the datamodule counts the batches training consumes and saves that position, with the sample counts, in
+the checkpoint (`state_dict`), so a resumed run continues the stream where it stopped. Validation comes
+from a map-style dataset so Lightning's DistributedSampler splits it across ranks. Every batch carries
+the samples skipped while it was read; `on_before_batch_transfer` strips them, warns once per item and
+sums them, so `sample_counts()` tells how many samples THIS rank's training and validation used and
+skipped; `SampleCountLogger` logs them at the end of every epoch.
 
 If the LightningModule overrides `on_before_batch_transfer` too, Lightning calls only the module's hook:
 call `datamodule.record_counts(batch, split)` from it to keep the counts.
@@ -31,11 +35,10 @@ from portrait_edit.data.shard_pipeline import (
     collate_or_skip,
     collate_samples,
     iter_samples,
-    make_train_dataset,
-    node_splitter,
     resolve_shards,
     shard_sample_count,
 )
+from portrait_edit.data.train_stream import StreamLoader, TrainStream
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +51,7 @@ __all__ = [
     "collate_samples",
     "decode_sample",
     "iter_samples",
-    "make_train_dataset",
-    "node_splitter",
+    "TrainStream",
     "resolve_shards",
     "shard_sample_count",
 ]
@@ -82,7 +84,7 @@ class PairShardsDataModule(LightningDataModule):
             shuffle_buffer: sample shuffle buffer per worker; 0 disables.
             samples_per_epoch: samples per epoch over all ranks; default: the count in the shard sidecars.
             max_error_rate: fail when more than this fraction of samples is corrupt (after 20 samples).
-            seed: seeds the shuffle buffers (shard resampling itself is not reproducible).
+            seed: seeds the training stream (shard draws and shuffle buffers, per epoch, rank and worker).
         """
         super().__init__()
         if batch_size < 1 or num_workers < 0 or shuffle_buffer < 0:
@@ -103,6 +105,11 @@ class PairShardsDataModule(LightningDataModule):
         self.train_urls: list[str] = []
         self.val_urls: list[str] = []
         self._counts = {split: {"seen": 0, "skipped": 0} for split in ("train", "val")}
+        self._position = {"epoch": 0, "consumed": 0}  # training batches of that epoch already used
+        self._started = False  # whether this process has started a training epoch of the stream
+        self._epoch_batches = 0
+        self._warned: set[str] = set()
+        self._rate = CountingErrorHandler(max_error_rate=max_error_rate)  # judges the training counts
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
@@ -129,14 +136,13 @@ class PairShardsDataModule(LightningDataModule):
         num_batches = batches_per_worker(
             self.samples_per_epoch, world_size, self.num_workers, self.batch_size
         )
-        dataset = make_train_dataset(
+        stream = TrainStream(
             self.train_urls,
             rank=rank,
             world_size=world_size,
             batch_size=self.batch_size,
             num_batches=num_batches,
             shuffle_buffer=self.shuffle_buffer,
-            handler=self._handler(),
             seed=self.seed,
         )
         log.info(
@@ -148,10 +154,20 @@ class PairShardsDataModule(LightningDataModule):
             self.batch_size,
             max(1, self.num_workers),
         )
-        # batch_size=None: the dataset batches itself (with_epoch counts batches, not samples).
-        return DataLoader(
-            dataset, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0
-        )
+        self._epoch_batches = num_batches * max(1, self.num_workers)
+        return StreamLoader(stream, self._next_epoch, self.num_workers)
+
+    def _next_epoch(self) -> tuple[int, int]:
+        """(epoch, batches of it already used) of the stream epoch now starting. The first one a process
+        starts goes on from the saved position (a fresh run: epoch 0 from its start; a resumed one: where
+        its checkpoint was saved, or the next epoch when that one was used up); every later one is the next
+        epoch, from its start. The count is the stream's own: Lightning's epoch number is not used, as it
+        can skip one when a run resumes at the last batch of an epoch."""
+        position = self._position
+        if self._started or position["consumed"] >= self._epoch_batches:
+            position = {"epoch": position["epoch"] + 1, "consumed": 0}
+        self._position, self._started = position, True
+        return position["epoch"], position["consumed"]
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_shards is None:
@@ -174,12 +190,37 @@ class PairShardsDataModule(LightningDataModule):
         return self.record_counts(batch, split)
 
     def record_counts(self, batch: Any, split: str) -> Any:
-        """Strip a batch's `__counts__` stamp and add it to this rank's totals; returns the batch."""
-        if isinstance(batch, dict) and COUNTS_FIELD in batch:
-            counts = batch.pop(COUNTS_FIELD)
-            self._counts[split]["seen"] += int(counts["seen"])
-            self._counts[split]["skipped"] += int(counts["skipped"])
+        """Strip a batch's `__counts__` stamp, warn once about each item it skipped, add it to this rank's
+        totals (and, in training, to the stream position); returns the batch."""
+        if not (isinstance(batch, dict) and COUNTS_FIELD in batch):
+            return batch
+        counts = batch.pop(COUNTS_FIELD)
+        total = self._counts[split]
+        total["seen"] += int(counts["seen"])
+        total["skipped"] += int(counts["skipped"])
+        for what, reason in counts.get("errors", []):
+            if what not in self._warned:
+                self._warned.add(what)
+                log.warning(
+                    "skipping corrupt data: %s (%d skipped of %d seen)",
+                    reason,
+                    total["skipped"],
+                    total["seen"],
+                )
+        if split == "train":
+            self._position["consumed"] += 1
+            self._rate.seen, self._rate.skipped = total["seen"], total["skipped"]
+            self._rate.check()
         return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training stream's position and the sample counts (saved in every checkpoint)."""
+        return {"position": dict(self._position), "counts": {k: dict(v) for k, v in self._counts.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "position" in state:  # checkpoints written before the stream was resumable start it afresh
+            self._position = dict(state["position"])
+            self._counts = {k: dict(v) for k, v in state["counts"].items()}
 
     def sample_counts(self) -> dict[str, dict[str, int]]:
         """Samples this rank's readers have seen and skipped so far, per split (`train`, `val`)."""
