@@ -11,6 +11,7 @@ from PIL import Image
 
 from portrait_edit.data.edit_inputs import EditInputsDataModule
 from portrait_edit.data.images import to_uint8
+from portrait_edit.data.prompts import prompts_for
 from portrait_edit.models.mcdm import MCDMConditioning
 from portrait_edit.systems.edit import EditSystem, EditWriter
 from portrait_edit.systems.mcdm import MCDMSystem
@@ -38,6 +39,17 @@ def run(model, inputs, out, genders, **options):
     Trainer(callbacks=[EditWriter(str(out))], **QUIET).predict(
         system, datamodule=data, return_predictions=False
     )
+
+
+def one_portrait(tmp_path, direction):
+    """A folder with one world portrait (person.png), its genders file, an output folder and the pair."""
+    inputs, out = tmp_path / "inputs", tmp_path / "edits"
+    inputs.mkdir()
+    pair = make_pair(3, direction, size=SIZE)
+    Image.fromarray(pair.src).save(inputs / "person.png")
+    genders = tmp_path / "genders.json"
+    genders.write_text(json.dumps({"person": pair.gender}))
+    return inputs, out, genders, pair
 
 
 def test_edits_every_input_in_every_direction_and_reports_bad_files(model, tmp_path):
@@ -73,12 +85,7 @@ def test_edits_every_input_in_every_direction_and_reports_bad_files(model, tmp_p
 
 
 def test_keep_source_reaches_the_editor_and_the_record(model, tmp_path):
-    inputs, out = tmp_path / "inputs", tmp_path / "edits"
-    inputs.mkdir()
-    pair = make_pair(3, "santa", size=SIZE)
-    Image.fromarray(pair.src).save(inputs / "person.png")
-    genders = tmp_path / "genders.json"
-    genders.write_text(json.dumps({"person": pair.gender}))
+    inputs, out, genders, pair = one_portrait(tmp_path, "santa")
     run(model, inputs, out, genders, keep_source=True)
     assert json.loads((out / "person" / "edit.json").read_text())["keep_source"] is True
     system = EditSystem(str(model), directions=["santa"], steps=2, mask_seeds=2)
@@ -109,3 +116,70 @@ def test_every_format_the_loader_reads_is_edited_once_under_its_own_name(model, 
     run(model, inputs, out, genders)
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(names)
     assert json.loads((out / "report-r0.json").read_text())["edited"] == len(files)
+
+
+def test_every_broken_input_is_listed_once_with_its_reason(model, tmp_path, caplog):
+    inputs, out = tmp_path / "inputs", tmp_path / "edits"
+    inputs.mkdir()
+    Image.fromarray(make_pair(3, "santa", size=SIZE).src).save(inputs / "good.png")
+    good = (inputs / "good.png").read_bytes()
+    broken = {
+        "empty.png": b"", "text.jpg": b"not an image", "cut.png": good[:200],
+        "cut.jpg": b"\xff\xd8\xff\xe0" + bytes(50), "fake.bmp": b"BM" + bytes(30),
+    }  # fmt: skip
+    for name, data in broken.items():
+        (inputs / name).write_bytes(data)
+    genders = tmp_path / "genders.json"
+    genders.write_text(json.dumps({"good": "man", "empty": "man", "text": "man", "fake": "man",
+                                   "cut_png": "man", "cut_jpg": "man"}))  # fmt: skip
+    with caplog.at_level("WARNING"):
+        run(model, inputs, out, genders)
+    report = json.loads((out / "report-r0.json").read_text())
+    assert report["edited"] == 1
+    reasons = {f["name"]: f["reason"] for f in report["failed"]}
+    assert sorted(reasons) == ["cut_jpg", "cut_png", "empty", "fake", "text"]
+    for reason in reasons.values():
+        assert str(inputs) in reason and "0x" not in reason  # names the file, not PIL's buffer object
+    assert "0 bytes" in reasons["empty"] and "truncated" in reasons["cut_png"]
+    warned = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert sorted(m.split()[1].rstrip(":") for m in warned) == sorted(reasons)  # once each
+
+
+def test_lambdas_scales_and_steps_are_checked_when_the_system_is_made(model, tmp_path):
+    import shutil
+
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(model, calibrated)
+    settings = json.loads((calibrated / "mcdm.json").read_text())
+    (calibrated / "mcdm.json").write_text(json.dumps({**settings, "mask_range": [0.05, 0.45]}))
+    make = lambda folder, **kw: EditSystem(str(folder), directions=["santa", "angry"], **kw)  # noqa: E731
+    make(calibrated)  # the task lambdas 0.2 and 0.35 are inside
+    for bad, what in ((-0.5, "every pixel of every portrait"), (0.02, "every pixel of some"),
+                      (0.5, "no pixel of some"), (1.0, "no pixel of every")):  # fmt: skip
+        with pytest.raises(ValueError, match=rf"lambda {bad:g} selects {what}.*\[0\.050, 0\.450\)"):
+            make(calibrated, threshold=bad)
+    make(model, threshold=0.5)  # not calibrated: (0, 1)
+    with pytest.raises(ValueError, match=r"\(0\.000, 1\.000\) \(on any image\)"):
+        make(model, threshold=0.0)
+    make(calibrated, threshold=0.9, use_mask=False)  # no mask: lambda unused
+    with pytest.raises(ValueError, match="text=-1"):
+        make(model, scales={"text": -1})
+    with pytest.raises(ValueError, match="unknown: \\['txt'\\]"):
+        make(model, scales={"txt": 5})
+    with pytest.raises(ValueError, match="steps and mask_seeds must be >= 1"):
+        make(model, steps=0)
+
+
+def test_scales_reach_the_edits_and_the_record(model, tmp_path):
+    inputs, out, genders, pair = one_portrait(tmp_path, "angry")
+    run(model, inputs, out, genders, scales={"text": 9.0}, use_mask=False)
+    meta = json.loads((out / "person" / "edit.json").read_text())
+    assert meta["scales"]["text"] == 9.0
+    system = EditSystem(str(model), directions=["santa"], steps=2, mask_seeds=2)
+    source = torch.from_numpy(pair.src).permute(2, 0, 1)[None].float() / 127.5 - 1
+    p = prompts_for("santa", pair.gender)  # recomputed with the scales and without them
+    want = system.editor.edit(source, [p["p_a"]], [p["p_b"]], steps=2, use_mask=False, scales={"text": 9.0})
+    other = system.editor.edit(source, [p["p_a"]], [p["p_b"]], steps=2, use_mask=False)
+    got = np.asarray(Image.open(out / "person" / "santa.png")).astype(int)
+    assert np.abs(got - to_uint8(want.images[0]).astype(int)).max() <= 1
+    assert np.abs(got - to_uint8(other.images[0]).astype(int)).max() > 1

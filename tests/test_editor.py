@@ -13,7 +13,15 @@ from torch.testing import assert_close
 from torchvision.transforms.v2 import functional as TF
 
 from portrait_edit.diffusion.conditions import multi_guidance
-from portrait_edit.diffusion.masks import blur, combine, edit_mask, normalise, prediction_difference
+from portrait_edit.diffusion.masks import (
+    blur,
+    combine,
+    cut_mask,
+    edit_mask,
+    normalise,
+    prediction_difference,
+    usable_range,
+)
 from portrait_edit.models.components import vae_roundtrip
 from portrait_edit.models.editor import MCDMEditor
 from portrait_edit.models.mcdm import MCDMConditioning
@@ -66,6 +74,19 @@ def editor_and_batch():
         system.unet, system.conditioning, {"image": 3.0, "spatial": 3.0, "text": 5.0}, SCHEDULER
     )
     return editor, sources, p_a, p_b
+
+
+def test_usable_range_is_where_every_map_is_cut_into_two_parts():
+    soft = torch.tensor([[[0.1, 0.3], [0.5, 0.7]], [[0.2, 0.25], [0.4, 0.6]]])
+    low, high = usable_range(soft)
+    assert (low, high) == pytest.approx((0.2, 0.6))  # the highest minimum, the lowest peak
+    for lam in (low, 0.3, high - 1e-6):  # inside: every map gets some pixels in and some out
+        share = (soft > lam).float().mean(dim=(1, 2))
+        assert ((share > 0) & (share < 1)).all()
+    assert (soft > low - 1e-6).float().mean(dim=(1, 2))[1] == 1  # below: the second map is all mask
+    assert (soft > high).float().mean(dim=(1, 2))[1] == 0  # at the lowest peak: its map gets none
+    _, blurred = cut_mask(torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0)), 0.5)
+    assert 0 <= usable_range(blurred)[0] and usable_range(blurred)[1] <= 1
 
 
 def test_batched_five_branches_equal_the_eight_call_formulation(editor_and_batch):

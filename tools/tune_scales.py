@@ -163,8 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         settings["scales"] = dict(zip(("image", "spatial", "text"), map(float, chosen.split("/"))))
         settings["scales_tuned"] = {"tune_seed": TUNE_SEED, "inputs": args.inputs,
                                     "min_fidelity": args.min_fidelity, "grid": [key(s) for s in grid]}  # fmt: skip
+        stale = settings.pop("mask_range", None) is not None  # measured at the old scales
         atomic_write_bytes(settings_path, (json.dumps(settings, indent=2) + "\n").encode())
         print(f"wrote scales {settings['scales']} into {settings_path}")
+        if stale:
+            print(f"its mask range was measured at the old scales: run tools/calibrate_mask.py --mcdm {mcdm} --write")
     return 0
 
 

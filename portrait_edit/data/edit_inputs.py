@@ -31,8 +31,7 @@ class EditInputsDataset(FaceImagesDataset):
         try:
             img, _ = self._read(i)
             image = square_face(img, self.image_size)
-        except (ValueError, OSError) as exc:
-            log.warning("input %s skipped: %s", self.names[i], exc)
+        except (ValueError, OSError) as exc:  # warned about once, by the writer, and listed in its report
             return {"name": self.names[i], "error": str(exc)}
         return {"image": image, "gender": self.genders[i], "name": self.names[i]}
 

@@ -85,9 +85,11 @@ def decode_image(
             "to the dataset"
         ) from exc
     except (OSError, SyntaxError, ValueError, TypeError, EOFError, Image.UnidentifiedImageError) as exc:
+        # PIL's UnidentifiedImageError names the in-memory buffer, not the file: say what it means instead.
+        detail = "no format PIL reads" if isinstance(exc, Image.UnidentifiedImageError) else exc
         raise ValueError(
-            f"cannot decode image {name!r} ({type(exc).__name__}: {exc}); the file is truncated, corrupt "
-            "or not an image: re-create it or remove it from the dataset"
+            f"cannot decode image {name!r} ({type(exc).__name__}: {detail}); the file is truncated, "
+            "corrupt or not an image: re-create it or remove it from the dataset"
         ) from exc
     if rgb.width < min_size or rgb.height < min_size:
         raise ValueError(

@@ -15,6 +15,7 @@ reproduce x_A, as the editing mask and Eq. 3 need.
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 
@@ -56,6 +57,30 @@ def apply_null(condition: torch.Tensor, null: torch.Tensor, drop: torch.Tensor) 
     """`condition` (B, ...) with the rows where `drop` (B,) is True replaced by `null` (1 or B, ...)."""
     mask = drop.to(condition.device).reshape(-1, *([1] * (condition.ndim - 1)))
     return torch.where(mask, null.to(condition), condition)
+
+
+def check_scales(scales: dict[str, float], complete: bool = False) -> dict[str, float]:
+    """The guidance scales {image, spatial, text} (any of them, all when `complete`) as floats; ValueError,
+    naming the bad entry, for an unknown name or a value that is not a finite number >= 0 (0 drops the
+    term; a negative scale guides away from its condition)."""
+    unknown = sorted(set(scales) - set(CONDITIONS))
+    missing = [c for c in CONDITIONS if c not in scales] if complete else []
+    if unknown or missing:
+        raise ValueError(
+            f"guidance scales are named {list(CONDITIONS)}; got {sorted(scales)}"
+            + (f" (unknown: {unknown})" if unknown else f" (missing: {missing})")
+        )
+    for name, value in scales.items():
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise ValueError(
+                f"guidance scale {name}={value!r} must be a finite number >= 0 (the paper: 3 / 3 / 5)"
+            )
+    return {name: float(value) for name, value in scales.items()}
 
 
 def multi_guidance(

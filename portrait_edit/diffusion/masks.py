@@ -74,6 +74,33 @@ def cut_mask(
     return (soft > (lam[:, None, None] if lam.ndim else lam)).float(), soft
 
 
+def usable_range(soft: torch.Tensor) -> tuple[float, float]:
+    """The lambdas that cut a mask which is neither empty nor the whole image on every one of the soft
+    maps (B, h, w): (the highest of their minima, the lowest of their peaks)."""
+    flat = soft.float().flatten(1)
+    return float(flat.min(dim=1).values.max()), float(flat.max(dim=1).values.min())
+
+
+def check_threshold(threshold: float, usable: tuple[float, float] | None, where: str) -> None:
+    """Raise ValueError, naming the usable range, for a lambda that selects everything or nothing.
+
+    The soft map is normalised to [0, 1] and blurred, so a lambda below 0 selects every pixel and one at or
+    above 1 none, on any image; `usable` (an export's measured range, `usable_range`) narrows that to the
+    lambdas that select part of every calibration image."""
+    if usable is None:  # a blurred map's minimum can exceed 0: lambda 0 may select every pixel too
+        low, high, inside, measured = 0.0, 1.0, 0.0 < threshold < 1.0, "on any image"
+    else:
+        (low, high), measured = usable, f"measured on calibration portraits for {where}"
+        inside = low <= threshold < high
+    if not inside:
+        what = "every pixel" if threshold <= low else "no pixel"
+        what += " of every portrait" if not 0 <= threshold < 1 else " of some portraits"
+        raise ValueError(
+            f"lambda {threshold:g} selects {what}: the usable range is "
+            f"{'[' if usable else '('}{low:.3f}, {high:.3f}) ({measured}); pass a threshold inside it"
+        )
+
+
 def edit_mask(
     pred_a: torch.Tensor, pred_b: torch.Tensor, seeds: int, threshold: float, kernel_size: int = 5
 ) -> tuple[torch.Tensor, torch.Tensor]:

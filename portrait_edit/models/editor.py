@@ -21,8 +21,16 @@ import torch.nn.functional as F
 from diffusers import UniPCMultistepScheduler
 from torch import nn
 
-from portrait_edit.diffusion.conditions import CONDITIONS, multi_guidance
-from portrait_edit.diffusion.masks import MASK_AT, combine, edit_mask, normalise, prediction_difference
+from portrait_edit.diffusion.conditions import CONDITIONS, check_scales, multi_guidance
+from portrait_edit.diffusion.masks import (
+    MASK_AT,
+    check_threshold,
+    combine,
+    edit_mask,
+    normalise,
+    prediction_difference,
+    usable_range,
+)
 from portrait_edit.models.components import load_components
 from portrait_edit.models.conditioning import scaled_latents
 from portrait_edit.models.mcdm import MCDMConditioning
@@ -105,6 +113,8 @@ class MCDMEditor:
             above it); None: no limit.
         mask_at: the edits' default share of the sampling timesteps E(x_A) is noised to for the mask (the
             paper's 0.5; an export records its own in mcdm.json).
+        mask_range: the lambdas whose masks are neither empty nor everything on calibration portraits
+            (`measure_mask_range`; mcdm.json's "mask_range"); None: not measured, (0, 1).
     """
 
     def __init__(
@@ -115,10 +125,12 @@ class MCDMEditor:
         scheduler_config: dict,
         max_rows: int | None = None,
         mask_at: float = MASK_AT,
+        mask_range: tuple[float, float] | None = None,
     ) -> None:
         self.unet = unet.eval()
         self.conditioning = conditioning.eval()
-        self.scales = dict(scales)
+        self.scales = check_scales(scales, complete=True)
+        self.mask_range = tuple(mask_range) if mask_range is not None else None
         self.scheduler_config = dict(scheduler_config)
         self.max_rows = max_rows
         self.mask_at = mask_at
@@ -153,8 +165,25 @@ class MCDMEditor:
         """The editor of an export's (bound) parts and its mcdm.json `settings` (scales, mask_at)."""
         # Exports made before mask_at was recorded read the mask where the paper does.
         return cls(
-            unet, conditioning, settings["scales"], scheduler_config, mask_at=settings.get("mask_at", MASK_AT)
-        )
+            unet, conditioning, settings["scales"], scheduler_config, mask_at=settings.get("mask_at", MASK_AT),
+            mask_range=settings.get("mask_range"),
+        )  # fmt: skip
+
+    def check_threshold(self, threshold: float) -> None:
+        """Raise ValueError, naming this export's usable range, for a lambda that would cut an empty or a
+        full mask (`diffusion.masks.check_threshold`)."""
+        check_threshold(threshold, self.mask_range, "this export")
+
+    @torch.no_grad()
+    def measure_mask_range(
+        self, sources: torch.Tensor, p_a: list[str], p_b: list[str], seeds: list[int], steps: int = 20,
+        mask_seeds: int = 10,
+    ) -> tuple[float, float]:  # fmt: skip
+        """The usable lambdas on calibration portraits (B, 3, H, W) and prompts, with the editor's scales
+        and mask_at: (highest minimum, lowest peak) of their soft maps (`diffusion.masks.usable_range`)."""
+        conditions = self.branch_conditions(sources, p_a, p_b, with_source=True)
+        _, soft = self.mask(conditions, 0.5, mask_seeds, steps, self.mask_at, [s + 1 for s in seeds])
+        return usable_range(soft)
 
     @property
     def vae(self) -> nn.Module:
@@ -302,7 +331,7 @@ class MCDMEditor:
                 f"the given mask is {tuple(mask.shape)}; it must be (B, h, w) = "
                 f"{(len(sources), *conditions.latent.shape[-2:])}, at latent resolution"
             )
-        scales = {**self.scales, **(scales or {})}
+        scales = {**self.scales, **check_scales(scales or {})}
         soft = None
         seeds = row_seeds(seed, len(sources))
         if use_mask and mask is None:

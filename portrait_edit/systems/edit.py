@@ -24,6 +24,7 @@ from portrait_edit.data.edit_inputs import DONE_FILE
 from portrait_edit.data.images import encode_png, to_uint8
 from portrait_edit.data.prompts import prompts_for, task_for_direction
 from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_json
+from portrait_edit.diffusion.conditions import check_scales
 from portrait_edit.models.editor import MCDMEditor
 from portrait_edit.models.methods import threshold_for
 
@@ -44,6 +45,7 @@ class EditSystem(LightningModule):
         seed: sampling seed of every edit (the same for all inputs and directions: comparable rows; each
             input draws its own noise from it, so its edit does not depend on its batch or rank).
         mask_seeds: noises averaged by the mask (10).
+        scales: guidance scales {image, spatial, text}, any of them; None: the export's.
         max_rows: most rows per UNet call (the mask's 10 x 5 x B x D are chunked above it); None: no limit.
         dtype: float32, float16 or bfloat16 weights.
     """
@@ -60,6 +62,7 @@ class EditSystem(LightningModule):
         mask_seeds: int = 10,
         max_rows: int | None = None,
         dtype: str = "float32",
+        scales: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         if not directions:
@@ -68,9 +71,20 @@ class EditSystem(LightningModule):
             task_for_direction(direction)  # raises, naming the known directions, for an unknown one
         if keep_source and not use_mask:
             raise ValueError("keep_source keeps x_A outside the mask: it needs use_mask: true")
+        if steps < 1 or mask_seeds < 1:
+            raise ValueError(
+                f"steps and mask_seeds must be >= 1 (the paper: 20 and 10); got {steps}, {mask_seeds}"
+            )
+        self.scales = check_scales(scales or {})
         self.save_hyperparameters()
         self.editor = MCDMEditor.from_pretrained(model, dtype=getattr(torch, dtype))
         self.editor.max_rows = max_rows
+        if use_mask:  # a lambda that cuts an empty (or full) mask would silently not edit (or redraw all)
+            for value in sorted({threshold_for(d, threshold) for d in directions}):
+                try:
+                    self.editor.check_threshold(value)
+                except ValueError as exc:
+                    raise ValueError(f"{model}: {exc}") from None
 
     def on_predict_start(self) -> None:
         # The editor's modules are not registered with Lightning: move them with the system.
@@ -92,16 +106,23 @@ class EditSystem(LightningModule):
                     sources[rows], [prompts[r]["p_a"] for r in rows], [prompts[r]["p_b"] for r in rows],
                     threshold=value, use_mask=self.hparams.use_mask, keep_source=self.hparams.keep_source,
                     steps=self.hparams.steps, seed=self.hparams.seed, mask_seeds=self.hparams.mask_seeds,
+                    scales=self.scales,
                 )  # fmt: skip
                 for j, r in enumerate(rows):
                     direction, record = directions[r // count], records[r % count]
+                    share = None if result.masks is None else float(result.masks[j].float().mean())
+                    if share in (0.0, 1.0):
+                        log.warning(
+                            "%s, %s: the mask at lambda %g is %s; pick a lambda in the export's range",
+                            record["name"], direction, value, "empty (no edit)" if share == 0 else "every pixel",
+                        )  # fmt: skip
                     mask = (
                         None
                         if result.masks is None
                         else to_uint8(result.masks[j][None].repeat(3, 1, 1) * 2 - 1)
                     )
                     record["edits"][direction] = {
-                        "image": to_uint8(result.images[j]), "mask": mask, "prompts": prompts[r], "threshold": value,
+                        "image": to_uint8(result.images[j]), "mask": mask, "prompts": prompts[r], "threshold": value, "mask_share": share,
                     }  # fmt: skip
             for record, image in zip(records, batch["image"]):
                 record["input"] = to_uint8(image)
@@ -131,6 +152,7 @@ class EditWriter(BasePredictionWriter):
     ):
         directions = list(pl_module.hparams.directions)
         for name, reason in prediction["failed"]:
+            log.warning("input %s skipped: %s", name, reason)
             self.failed.append({"name": name, "reason": reason})
         for record in prediction["records"]:
             folder = self.output_dir / record["name"]
@@ -145,8 +167,8 @@ class EditWriter(BasePredictionWriter):
                 folder / DONE_FILE,
                 {
                     "name": record["name"], "gender": record["gender"], "model": str(hp.model),
-                    "directions": {d: {"prompts": e["prompts"], "threshold": e["threshold"]} for d, e in record["edits"].items()},
-                    "scales": pl_module.editor.scales, "mask_at": pl_module.editor.mask_at, "seed": hp.seed, "steps": hp.steps, "use_mask": hp.use_mask,
+                    "directions": {d: {"prompts": e["prompts"], "threshold": e["threshold"], "mask_share": e["mask_share"]} for d, e in record["edits"].items()},
+                    "scales": {**pl_module.editor.scales, **pl_module.scales}, "mask_at": pl_module.editor.mask_at, "seed": hp.seed, "steps": hp.steps, "use_mask": hp.use_mask,
                     "keep_source": hp.keep_source, "mask_seeds": hp.mask_seeds, "version": __version__,
                 },
             )  # fmt: skip
