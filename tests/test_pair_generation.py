@@ -127,11 +127,33 @@ def test_twin_noise_starts_both_halves_from_the_left_halfs_noise(assets):
     assert not torch.allclose(starts[False][..., :half], starts[False][..., half:])
 
 
-def test_ablation_switches_drop_the_controlnet_and_the_identity(assets):
-    s = system(assets, use_pose=False, use_identity=False)
-    assert s.generator.controlnet is None and s.generator.identity_encoder is None
-    out = s.predict_step(jobs(assets, 1), 0)
-    assert "pose.png" not in out[0] and out[0]["json"]["ablations"] == {"pose": False, "identity": False}
+@pytest.mark.parametrize("switch", ["pose", "identity"])
+def test_ablation_switches_make_the_pairs_ignore_what_they_drop(assets, switch):
+    """With use_pose / use_identity off, a pair no longer depends on the job's pose / identity face (the
+    same bytes for another one); with it on, it does."""
+    job = jobs(assets, 1)[0]
+    if switch == "pose":
+        other = {**job, "pose_id": (job["pose_id"] + 5) % 16}
+    else:
+        other = {**job, "identity_source": "world:12345"}
+    for used in (True, False):
+        s = system(assets, **{f"use_{switch}": used})
+        net = s.generator.controlnet
+        if net is not None:  # a fresh ControlNet's zero convolutions ignore the pose: wake them
+            zero_convs = [
+                *net.controlnet_down_blocks,
+                net.controlnet_mid_block,
+                net.controlnet_cond_embedding.conv_out,
+            ]
+            with torch.no_grad():
+                for conv in zero_convs:
+                    conv.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+        a, b = s.predict_step([job], 0)[0], s.predict_step([other], 0)[0]
+        same = all(np.array_equal(a[f], b[f]) for f in ("src.png", "tgt.png"))
+        assert same is not used, (switch, used)
+        assert a["json"]["ablations"][switch] is used and ("pose.png" in a) is (switch != "pose" or used)
+    off = system(assets, use_pose=False, use_identity=False).generator
+    assert off.controlnet is None and off.identity_encoder is None
 
 
 def test_jobs_come_from_the_global_index(assets):
