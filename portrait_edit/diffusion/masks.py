@@ -88,9 +88,10 @@ def check_threshold(threshold: float, usable: tuple[float, float] | None, where:
     above 1 none, on any image; `usable` (an export's measured range, `usable_range`) narrows that to the
     lambdas that select part of every calibration image."""
     if usable is None:  # a blurred map's minimum can exceed 0: lambda 0 may select every pixel too
-        low, high, inside, measured = 0.0, 1.0, 0.0 < threshold < 1.0, "on any image"
+        low, high, inside = 0.0, 1.0, 0.0 < threshold < 1.0
+        measured = f"on any image; {where} has no measured range: tools/calibrate_mask.py"
     else:
-        (low, high), measured = usable, f"measured on calibration portraits for {where}"
+        (low, high), measured = usable, f"measured for {where} on calibration portraits"
         inside = low <= threshold < high
     if not inside:
         what = "every pixel" if threshold <= low else "no pixel"

@@ -24,7 +24,6 @@ from torch import nn
 from portrait_edit.diffusion.conditions import CONDITIONS, check_scales, multi_guidance
 from portrait_edit.diffusion.masks import (
     MASK_AT,
-    check_threshold,
     combine,
     edit_mask,
     normalise,
@@ -168,11 +167,6 @@ class MCDMEditor:
             unet, conditioning, settings["scales"], scheduler_config, mask_at=settings.get("mask_at", MASK_AT),
             mask_range=settings.get("mask_range"),
         )  # fmt: skip
-
-    def check_threshold(self, threshold: float) -> None:
-        """Raise ValueError, naming this export's usable range, for a lambda that would cut an empty or a
-        full mask (`diffusion.masks.check_threshold`)."""
-        check_threshold(threshold, self.mask_range, "this export")
 
     @torch.no_grad()
     def measure_mask_range(

@@ -25,6 +25,7 @@ from portrait_edit.data.images import encode_png, to_uint8
 from portrait_edit.data.prompts import prompts_for, task_for_direction
 from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_json
 from portrait_edit.diffusion.conditions import check_scales
+from portrait_edit.diffusion.masks import check_threshold
 from portrait_edit.models.editor import MCDMEditor
 from portrait_edit.models.methods import threshold_for
 
@@ -81,10 +82,7 @@ class EditSystem(LightningModule):
         self.editor.max_rows = max_rows
         if use_mask:  # a lambda that cuts an empty (or full) mask would silently not edit (or redraw all)
             for value in sorted({threshold_for(d, threshold) for d in directions}):
-                try:
-                    self.editor.check_threshold(value)
-                except ValueError as exc:
-                    raise ValueError(f"{model}: {exc}") from None
+                check_threshold(value, self.editor.mask_range, str(model))
 
     def on_predict_start(self) -> None:
         # The editor's modules are not registered with Lightning: move them with the system.
