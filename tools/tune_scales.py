@@ -167,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_bytes(settings_path, (json.dumps(settings, indent=2) + "\n").encode())
         print(f"wrote scales {settings['scales']} into {settings_path}")
         if stale:
-            print(f"its mask range was measured at the old scales: run tools/calibrate_mask.py --mcdm {mcdm} --write")
+            print(
+                f"its mask range was measured at the old scales: run tools/calibrate_mask.py --mcdm {mcdm} --write"
+            )
     return 0
 
 
