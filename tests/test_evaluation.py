@@ -142,10 +142,11 @@ class Counted:
         return self.method.modules()
 
 
-def test_cached_items_resume_an_interrupted_run_and_follow_the_models(models, tmp_path):
+def test_cached_items_resume_an_interrupted_run_and_follow_the_models(models, tmp_path, monkeypatch):
     """Item i's results per method are kept: a run stopped after one batch resumes with the other, a
-    rerun edits nothing, a rewritten checkpoint recomputes only its rows; every table equals an uncached
-    run's."""
+    rerun edits nothing, a rewritten checkpoint recomputes only its rows, a changed score definition
+    every row; every table equals an uncached run's."""
+    from portrait_edit.systems import evaluation
 
     def run(out, cache=True, batches=None):
         calls: dict[str, int] = {}
@@ -172,6 +173,9 @@ def test_cached_items_resume_an_interrupted_run_and_follow_the_models(models, tm
     (models / "mcdm" / "mcdm.json").touch()  # a retrained export: a new modification time
     calls, _ = run(tmp_path / "a")
     assert calls == {"Ours": 2, "w/o Mask": 2}
+    monkeypatch.setattr(evaluation, "SCORES_VERSION", evaluation.SCORES_VERSION + 1)  # a corrected score
+    calls, _ = run(tmp_path / "a")
+    assert calls == {name: 2 for name in ("Ours", "w/o Mask", "SDEdit 0.5", "DiffEdit")}
 
 
 def test_an_mcdm_row_can_keep_the_source_outside_its_mask(models):

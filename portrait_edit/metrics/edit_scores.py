@@ -33,6 +33,9 @@ from portrait_edit.models.direction_classifier import DirectionClassifier
 from portrait_edit.models.identity_encoder import IdentityEncoder, encode_identity
 
 SCORES = ("ssim", "psnr", "lpips", "preservation", "mask_iou", "fidelity", "identity")
+# The definition of the scores, part of every cached result's key: raised whenever one of them changes, so
+# that no figure computed the old way is read back (2: SSIM as scikit-image computes it, border cropped).
+SCORES_VERSION = 2
 
 
 class EditJudges:

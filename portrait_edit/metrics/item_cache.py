@@ -3,8 +3,8 @@ and a table that gains a row (a new ablation) computes only that row.
 
 A method's results live in `<root>/<key digest>/<item index>.npz`: the key holds everything its results
 depend on (the method's settings, the judges' settings, a fingerprint of every local model file they
-read: path, size and modification time), so a retrained checkpoint or another judge never reuses stale
-figures. Each file also records its item (seed, direction, prompts and a digest of the input image) and
+read: path, size and modification time, and the version of the scores' definitions), so a retrained
+checkpoint, another judge or a corrected score never reuses stale figures. Each file also records its item (seed, direction, prompts and a digest of the input image) and
 is used only for that same item. Files are written atomically (a half-written one never exists).
 """
 

@@ -24,7 +24,7 @@ from lightning.pytorch.loggers import WandbLogger
 from portrait_edit.data.images import to_uint8
 from portrait_edit.data.prompts import task_for_direction
 from portrait_edit.data.world_images import LABELS
-from portrait_edit.metrics.edit_scores import SCORES, EditJudges
+from portrait_edit.metrics.edit_scores import SCORES, SCORES_VERSION, EditJudges
 from portrait_edit.metrics.item_cache import ItemCache, fingerprint, item_check
 from portrait_edit.metrics.report import COLUMNS, frechet_caveats, summarise, write_report
 from portrait_edit.models.methods import MethodSpec, build_method
@@ -116,6 +116,7 @@ class EvaluationSystem(LightningModule):
                 {
                     "method": {**vars(spec), "name": None}, "model": fingerprint(spec.model),
                     "vae": None if spec.kind == "mcdm" else fingerprint(vae), "judges": judged_by,
+                    "scores": SCORES_VERSION,
                 },
             )
             for spec in self.specs
