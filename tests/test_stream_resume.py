@@ -107,12 +107,11 @@ def test_corrupt_samples_are_counted_once_where_training_used_them(tmp_path, cap
 
 RUN = textwrap.dedent(
     """
-    import json, os, signal, sys
+    import os, signal, sys
     import torch
     from lightning.pytorch import Callback, LightningModule, Trainer
     from safetensors.torch import save_file
     from portrait_edit.data.shard_reader import PairShardsDataModule
-    from portrait_edit.run_dir import RunCheckpoint
 
     shards, out, kill_at, devices = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 
