@@ -183,3 +183,29 @@ def test_scales_reach_the_edits_and_the_record(model, tmp_path):
     got = np.asarray(Image.open(out / "person" / "santa.png")).astype(int)
     assert np.abs(got - to_uint8(want.images[0]).astype(int)).max() <= 1
     assert np.abs(got - to_uint8(other.images[0]).astype(int)).max() > 1
+
+
+def test_a_measured_mask_range_is_written_into_the_export_and_enforced(model, tmp_path):
+    import shutil
+
+    from portrait_edit.models.mcdm import update_export_settings
+
+    folder = tmp_path / "mcdm"
+    shutil.copytree(model, folder)
+    system = EditSystem(str(folder), directions=["santa"], steps=2, mask_seeds=2)
+    pairs = [make_pair(seed, "santa", size=SIZE) for seed in (3, 4)]
+    sources = torch.stack([torch.from_numpy(p.src).permute(2, 0, 1).float() / 127.5 - 1 for p in pairs])
+    prompts = [prompts_for("santa", p.gender) for p in pairs]
+    low, high = system.editor.measure_mask_range(
+        sources, [q["p_a"] for q in prompts], [q["p_b"] for q in prompts], [0, 1], steps=2, mask_seeds=2
+    )
+    result = system.editor.edit(sources, [q["p_a"] for q in prompts], [q["p_b"] for q in prompts], steps=2,
+                                mask_seeds=2, seed=[0, 1], threshold=low)  # fmt: skip
+    assert 0 <= low < high <= 1 and result.soft_masks is not None
+    soft = result.soft_masks.flatten(1)  # the same maps: every one is cut into two parts in the range
+    assert (soft.min(1).values <= low + 1e-6).all() and (soft.max(1).values >= high - 1e-6).all()
+    update_export_settings(folder, {"mask_range": [low, high]})
+    settings = json.loads((folder / "mcdm.json").read_text())
+    assert settings["mask_range"] == [low, high] and settings["scales"] == system.editor.scales
+    with pytest.raises(ValueError, match="usable range"):
+        EditSystem(str(folder), directions=["santa"], threshold=high)

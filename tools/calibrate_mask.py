@@ -13,14 +13,13 @@ range with a message naming it.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from tqdm import tqdm
 
 from portrait_edit.data.eval_pairs import TUNE_SEED, WORLD, EvalPairsDataModule
-from portrait_edit.data.shard_writer import atomic_write_json
 from portrait_edit.models.editor import MCDMEditor
+from portrait_edit.models.mcdm import update_export_settings
 
 
 def main() -> None:
@@ -42,12 +41,10 @@ def main() -> None:
             low, high = max(low, a), min(high, b)
     print(f"usable lambda range of {args.mcdm}: [{low:.3f}, {high:.3f})")
     if args.write:
-        path = Path(args.mcdm) / "mcdm.json"
-        settings = json.loads(path.read_text())
-        settings["mask_range"] = [round(low, 4), round(high, 4)]
-        settings["mask_range_measured"] = {"pairs": args.pairs, "inputs": args.inputs, "seed": TUNE_SEED}
-        atomic_write_json(path, settings)
-        print(f"wrote mask_range into {path}")
+        measured = {"pairs": args.pairs, "inputs": args.inputs, "seed": TUNE_SEED}
+        changes = {"mask_range": [round(low, 4), round(high, 4)], "mask_range_measured": measured}
+        update_export_settings(args.mcdm, changes)
+        print(f"wrote mask_range into {Path(args.mcdm) / 'mcdm.json'}")
 
 
 if __name__ == "__main__":

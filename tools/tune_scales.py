@@ -39,6 +39,7 @@ from portrait_edit.data.world_images import LABELS
 from portrait_edit.metrics.image import ssim
 from portrait_edit.models.direction_classifier import DirectionClassifier
 from portrait_edit.models.editor import MCDMEditor
+from portrait_edit.models.mcdm import update_export_settings
 from portrait_edit.paths import DATA_DIR
 from portrait_edit.world import DIRECTIONS, make_pair
 
@@ -158,15 +159,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no setting reaches fidelity {args.min_fidelity}: nothing picked", file=sys.stderr)
         return 1
     if args.write:
-        settings_path = mcdm / "mcdm.json"
-        settings = json.loads(settings_path.read_text())
-        settings["scales"] = dict(zip(("image", "spatial", "text"), map(float, chosen.split("/"))))
-        settings["scales_tuned"] = {"tune_seed": TUNE_SEED, "inputs": args.inputs,
-                                    "min_fidelity": args.min_fidelity, "grid": [key(s) for s in grid]}  # fmt: skip
-        stale = settings.pop("mask_range", None) is not None  # measured at the old scales
-        atomic_write_bytes(settings_path, (json.dumps(settings, indent=2) + "\n").encode())
-        print(f"wrote scales {settings['scales']} into {settings_path}")
-        if stale:
+        scales = dict(zip(("image", "spatial", "text"), map(float, chosen.split("/"))))
+        tuned = {"tune_seed": TUNE_SEED, "inputs": args.inputs, "min_fidelity": args.min_fidelity,
+                 "grid": [key(s) for s in grid]}  # fmt: skip
+        # The mask's range was measured at the old scales: dropped, to be measured again.
+        old = update_export_settings(mcdm, {"scales": scales, "scales_tuned": tuned}, drop=("mask_range",))
+        print(f"wrote scales {scales} into {mcdm / 'mcdm.json'}")
+        if "mask_range" in old:
             print(
                 f"its mask range was measured at the old scales: run tools/calibrate_mask.py --mcdm {mcdm} --write"
             )

@@ -4,9 +4,11 @@ WebDataset's `warn_and_continue` sleeps 0.5 s per error and never gives up; `rer
 week-long run on one bad PNG. DESIGN.md §4 asks for neither: skip, count, warn once per key, and raise
 only when the fraction of skipped samples shows that something is systematically wrong.
 
-One instance is shared by every stage of one pipeline (pass it to WebDataset AND to every .map, wds#291);
-each DataLoader worker holds its own copy, so counts are per worker and travel with the batches
-(`stamp`) to the main process, where the datamodule sums them.
+One instance is shared by every stage of one finite pipeline (pass it to WebDataset AND to every .map,
+wds#291: validation, inspection, tools); each DataLoader worker holds its own copy, so counts are per
+worker and travel with the batches to the main process, where the datamodule sums them. The training
+stream (`train_stream`) records its skips per batch instead and the datamodule judges their rate with
+`check`.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ from __future__ import annotations
 import logging
 import tarfile
 from typing import Any
-
-import torch
 
 from portrait_edit.data.sample_codec import SampleError
 
@@ -45,7 +45,6 @@ class CountingErrorHandler:
         self.min_samples = min_samples
         self.seen = 0
         self.skipped = 0
-        self._stamped = (0, 0)
         self._logged: set[str] = set()
 
     def __call__(self, exn: BaseException) -> bool:
@@ -60,14 +59,6 @@ class CountingErrorHandler:
         """Pipeline stage (`.map(handler.count)`) that counts each sample that reaches decoding."""
         self.seen += 1
         return sample
-
-    def stamp(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Pipeline stage after batching: attach the counts since the previous stamp of this worker."""
-        info = torch.utils.data.get_worker_info()
-        seen, skipped = self.seen - self._stamped[0], self.skipped - self._stamped[1]
-        self._stamped = (self.seen, self.skipped)
-        batch[COUNTS_FIELD] = {"worker": info.id if info is not None else 0, "seen": seen, "skipped": skipped}
-        return batch
 
     def check(self) -> None:
         """Raise RuntimeError when the skipped fraction exceeds max_error_rate."""

@@ -67,13 +67,13 @@ def shard_sample_count(url: str) -> int:
             log.warning("unreadable sidecar %s (%s); counting the tar instead", sidecar, exc)
     try:
         with tarfile.open(url, "r:") as tar:
-            return len({_split_member(m.name)[0] for m in tar.getmembers() if m.isreg()})
+            return len({split_member(m.name)[0] for m in tar.getmembers() if m.isreg()})
     except (OSError, tarfile.TarError) as exc:
         log.warning("cannot list %s (%s); counted as 0 samples", url, exc)
         return 0
 
 
-def _split_member(name: str) -> tuple[str, str]:
+def split_member(name: str) -> tuple[str, str]:
     """WebDataset's key/field split: key = path up to the first dot of the basename."""
     head, base = os.path.split(name)
     key, _, field = base.partition(".")
@@ -85,7 +85,7 @@ def read_shard_samples(url: str) -> dict[str, dict[str, bytes]]:
     samples: dict[str, dict[str, bytes]] = {}
     with tarfile.open(url, "r:") as tar:
         for member in tar:
-            key, field = _split_member(member.name)
+            key, field = split_member(member.name)
             if member.isreg() and field:
                 samples.setdefault(key, {})[field] = tar.extractfile(member).read()
     return samples
@@ -182,7 +182,7 @@ class PairShardsMapDataset(Dataset):
             with tarfile.open(url, "r:") as tar:
                 # Iterate (not getmembers) so a truncated tar keeps the samples before the damage.
                 for member in tar:
-                    key, field = _split_member(member.name)
+                    key, field = split_member(member.name)
                     if member.isreg() and field:
                         entries.setdefault(key, {})[field] = (member.offset_data, member.size)
         except (OSError, tarfile.TarError) as exc:

@@ -10,8 +10,9 @@ epoch, so every rank takes the same number of steps and DDP never waits on a sho
 The DataLoader hands out the workers' batches in turn (batch k of an epoch from stream worker k mod W).
 A run that consumed k batches of an epoch and resumes asks each worker to skip its share of those k: the
 worker regenerates them (same reads, same draws) without yielding them, and the workers' turns are
-rotated so that batch k comes first, so step k + 1 trains on exactly the batch it would have. `StreamLoader` reads the position (epoch, consumed) when an epoch's iteration
-starts; `PairShardsDataModule` keeps it and saves it in the checkpoint.
+rotated so that batch k comes first, so step k + 1 trains on exactly the batch it would have.
+`StreamLoader` reads the position (epoch, consumed) when an epoch's iteration starts;
+`PairShardsDataModule` keeps it and saves it in the checkpoint.
 
 Corrupt data never reaches a batch: each batch carries the samples skipped while it was assembled
 (`__counts__`: worker, seen, skipped, errors), and the main process warns about and counts them when
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from portrait_edit.data.error_handler import COUNTS_FIELD, DATA_ERRORS
 from portrait_edit.data.sample_codec import REQUIRED_FIELDS, SampleError, decode_sample
-from portrait_edit.data.shard_pipeline import collate_samples
+from portrait_edit.data.shard_pipeline import collate_samples, split_member
 
 STREAM_DOMAIN = 0x5EED_DA7A  # keeps these generators apart from every other seeded stream of the project
 
@@ -79,9 +80,7 @@ def shard_samples(url: str, errors: _Errors) -> Iterator[dict[str, Any]]:
             for member in tar:
                 if not member.isreg():
                     continue
-                head, _, base = member.name.rpartition("/")
-                key, _, field = base.partition(".")
-                key = f"{head}/{key}" if head else key
+                key, field = split_member(member.name)
                 if not field:
                     continue
                 if sample and sample["__key__"] != key:

@@ -370,8 +370,23 @@ def save_mcdm_export(
     record = {**export_schema(c), **settings}
     card = model_card({**record, "image_encoder_source": c.image_encoder_source})
     atomic_write_bytes(out / "README.md", card.encode())
-    atomic_write_bytes(out / "mcdm.json", (json.dumps(record, indent=2) + "\n").encode())
+    _write_settings(out, record)
     return out
+
+
+def _write_settings(folder: Path, record: dict[str, Any]) -> None:
+    atomic_write_bytes(folder / "mcdm.json", (json.dumps(record, indent=2) + "\n").encode())
+
+
+def update_export_settings(
+    folder: str | Path, changes: dict[str, Any], drop: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Rewrite an export's mcdm.json with `changes` set and the `drop` keys removed (the settings a later
+    step picks: tuned scales, the mask's measured range); returns the settings it replaced."""
+    folder = Path(folder)
+    old = json.loads((folder / "mcdm.json").read_text())
+    _write_settings(folder, {**{k: v for k, v in old.items() if k not in drop}, **changes})
+    return old
 
 
 def export_schema(c: MCDMConditioning) -> dict[str, Any]:
