@@ -46,3 +46,23 @@ def world_shards(tmp_path_factory):
         ]
     )  # fmt: skip
     return out
+
+
+@pytest.fixture(scope="session")
+def mini_pairs(tmp_path_factory):
+    """The first 6 training pairs of the mini world, made by the generate stage itself (`predict` on
+    configs/mini/generate.yaml with the shipped mini base) into one shard."""
+    from pathlib import Path
+
+    from portrait_edit.cli import PortraitCLI
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path_factory.mktemp("mini_pairs")
+    PortraitCLI(
+        args=[
+            "predict", "--config", str(root / "configs/mini/generate.yaml"),
+            f"--trainer.default_root_dir={out}", f"--trainer.callbacks.init_args.output_dir={out}",
+            "--trainer.enable_progress_bar=false", "--data.init_args.num_samples=6",
+        ]
+    )  # fmt: skip
+    return out

@@ -21,7 +21,6 @@ from portrait_edit.models.mcdm import MCDMConditioning
 from portrait_edit.systems.mcdm import MCDMSystem
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARD = ROOT / "data/mini/pairs/pairs-000-000000.tar"
 
 
 def tool(*args):
@@ -32,15 +31,22 @@ def tool(*args):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def shard(mini_pairs):
+    """The shard of mini pairs the generate stage wrote."""
+    (path,) = Path(mini_pairs).glob("*.tar")
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, shard):
     out = tmp_path_factory.mktemp("hf") / "pairs_hf"
-    tool(SHARD, "--out", out)
+    tool(shard, "--out", out)
     return out
 
 
-def test_datasets_reads_the_exported_pairs_with_the_ip2p_columns(exported):
+def test_datasets_reads_the_exported_pairs_with_the_ip2p_columns(exported, shard):
     dataset = datasets.load_from_disk(str(exported))
-    samples = read_shard_samples(str(SHARD))
+    samples = read_shard_samples(str(shard))
     assert len(dataset) == len(samples) and {"input_image", "edit_prompt", "edited_image"} <= set(
         dataset.column_names
     )

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from huggingface_hub import constants as hub_constants
 
-from portrait_edit.data.shard_writer import atomic_write_json
+from portrait_edit.data.shard_writer import atomic_write_bytes
 from portrait_edit.world import pose_keypoints, sample_pose
 from portrait_edit.world.pose import KEYPOINT_NAMES
 
@@ -52,13 +52,17 @@ class PoseBank:
         return out
 
     def save(self, path: str | Path) -> None:
-        poses = [
-            {"id": i, "keypoints": np.round(k, 6).tolist()}
-            | ({"world_pose": self.world_poses[i]} if self.world_poses else {})
-            for i, k in enumerate(self.keypoints)
-        ]
-        data = {"format": FORMAT, "source": self.source, "command": self.command, "poses": poses}
-        atomic_write_json(path, data)
+        """One pose per line, each keypoint value as the shortest decimal that reads back as the same
+        float32 (so a saved bank loads bit-identical)."""
+        header = {"format": FORMAT, "source": self.source, "command": self.command}
+        lines = [json.dumps(header, sort_keys=True)[:-1] + ', "poses": [']
+        for i, k in enumerate(self.keypoints):
+            pose = {"id": i, "keypoints": [[_shortest(v) for v in row] for row in k]}
+            if self.world_poses:
+                pose["world_pose"] = self.world_poses[i]
+            lines.append(json.dumps(pose, sort_keys=True, separators=(",", ":")) + ",")
+        lines[-1] = lines[-1][:-1]
+        atomic_write_bytes(path, ("\n".join([*lines, "]}"]) + "\n").encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | Path) -> PoseBank:
@@ -78,6 +82,11 @@ class PoseBank:
         return cls(
             np.array([p["keypoints"] for p in poses]), data.get("source", ""), data.get("command", ""), world
         )
+
+
+def _shortest(value: np.float32) -> float:
+    """The shortest decimal that float32 reads back as `value`."""
+    return float(np.format_float_positional(np.float32(value), unique=True))
 
 
 def world_pose_bank(count: int, seed: int, size: int = 64) -> PoseBank:

@@ -51,7 +51,8 @@ def resolve_shards(spec: str) -> list[str]:
     if not paths:
         raise ValueError(
             f"no complete shards (*.tar) match {spec!r}; pass a shard directory, a glob such as "
-            "'out/pairs-*.tar' or a brace pattern, and check that generation has finished"
+            "'out/pairs-*.tar' or a brace pattern, and check that generation has finished (the mini "
+            "world's training pairs, data/mini/pairs: `make mini-pairs`)"
         )
     return paths
 
