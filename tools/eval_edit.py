@@ -19,7 +19,7 @@ Per (input, direction), from the held-out seed stream (disjoint from every train
 - fidelity: the share of edits the direction classifier reads as the direction; SSIM to the exact target
   (both with and without the mask: the no-mask figures are the MCDM's own, 3-way guidance alone), and that
   of x_A itself (no edit at all: the SSIM an edit must add to).
-Writes <out>/mini_edit.json, <out>/mini_edit.md and <out>/mini_edit.png (rows: input, true region, our
+Writes <out>/mini_edit.json, <out>/mini_edit.md and <out>/mini_edit.jpg (rows: input, true region, our
 mask, DiffEdit mask, edit with mask, edit without, edit with mask and kept source).
 """
 
@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from portrait_edit.data.eval_pairs import EVAL_SEED  # the evaluation's held-out stream
-from portrait_edit.data.images import encode_png, to_uint8
+from portrait_edit.data.images import encode_jpeg, to_uint8
 from portrait_edit.data.jobs import sample_seed
 from portrait_edit.data.prompts import prompts_for, task_for_direction
 from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_json
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "mini_edit.png", encode_png(result.pop("sheet")))
+    atomic_write_bytes(out / "mini_edit.jpg", encode_jpeg(result.pop("sheet")))
     result.update(
         command="python tools/eval_edit.py " + " ".join(argv or sys.argv[1:]),
         seconds=round(time.time() - start),

@@ -18,7 +18,7 @@ For every pair in each variant's shards (left half x_A, right half x_B):
   exact target, and of the left half (no edit at all) for scale; other pairs have no exact target (n/a).
 Ablations are compared on the pairs all variants share (pairs come from the global job index, so pair i
 of every variant has the same prompts, pose and seed). Writes <out>/mini_pairs.json, <out>/mini_pairs.md,
-<out>/mini_pairs.png (two pairs per direction) and <out>/mini_pairs_ablation.png (per row: one job in
+<out>/mini_pairs.jpg (two pairs per direction) and <out>/mini_pairs_ablation.jpg (per row: one job in
 every variant, left to right in the order given).
 """
 
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from portrait_edit.data.images import encode_png, to_uint8
+from portrait_edit.data.images import encode_jpeg, to_uint8
 from portrait_edit.data.pair_jobs import WORLD
 from portrait_edit.data.shard_pipeline import iter_samples, resolve_shards
 from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_json
@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         result["ablation"]["variants"][name] = summary(values[name], pick)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "mini_pairs.png", encode_png(contact_sheet(variants[full])))
-    atomic_write_bytes(out / "mini_pairs_ablation.png", encode_png(ablation_sheet(variants, shared)))
+    atomic_write_bytes(out / "mini_pairs.jpg", encode_jpeg(contact_sheet(variants[full])))
+    atomic_write_bytes(out / "mini_pairs_ablation.jpg", encode_jpeg(ablation_sheet(variants, shared)))
     result.update(
         command="python tools/eval_pairs.py " + " ".join(argv or sys.argv[1:]),
         seconds=round(time.time() - start),
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     ablation = header + "".join(line(n, m) for n, m in result["ablation"]["variants"].items())
     text = (
         f"`{result['command']}`\n\n{result['pairs']} pairs ({full}):\n\n{table}\n"
-        f"Ablations on the {len(shared)} pairs every variant has (Figure 3 analog, mini_pairs_ablation.png):\n\n"
+        f"Ablations on the {len(shared)} pairs every variant has (Figure 3 analog, mini_pairs_ablation.jpg):\n\n"
         f"{ablation}"
     )
     atomic_write_bytes(out / "mini_pairs.md", text.encode())
