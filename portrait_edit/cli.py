@@ -24,7 +24,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
-from portrait_edit.data.shard_writer import atomic_write_bytes
+from portrait_edit.atomic import atomic_write_bytes
 from portrait_edit.run_dir import RunCheckpoint, fill_run_logger, refuse_foreign_checkpoint
 
 log = logging.getLogger(__name__)

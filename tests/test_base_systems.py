@@ -21,7 +21,8 @@ from portrait_edit.paths import PRESETS_DIR
 from portrait_edit.systems.classifier import DirectionClassifierSystem, accuracy, degrade, gaussian_blur
 from portrait_edit.systems.clip import CLIPSystem, image_classes, multi_positive_loss, retrieval_top1
 from portrait_edit.systems.vae import VAESystem, kl_per_element, reconstruction_loss
-from portrait_edit.world import DIRECTIONS, make_pair
+from portrait_edit.tasks import DIRECTIONS
+from portrait_edit.world import make_pair
 
 SIZE = 32  # the tiny image encoder's input size
 QUIET = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)

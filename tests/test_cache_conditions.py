@@ -26,15 +26,15 @@ import cache_conditions  # noqa: E402
 
 from portrait_edit.cli import resolve_config  # noqa: E402
 from portrait_edit.data.cached_conditions import check_cached_conditions, conditioning_from_model  # noqa: E402
-from portrait_edit.models.mcdm import MCDMConditioning  # noqa: E402
+from portrait_edit.models.mcdm_conditioning import MCDMConditioning  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 QUIET = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-TINY = {"image_size": 32, "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "num_image_tokens": 3}
+TINY = {"clip_image_size": 32, "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "num_image_tokens": 3}
 # configs/mini/mcdm.yaml on the tiny preset: overrides passed through to `fit`, as a user would.
 FIT = ["--config", str(ROOT / "configs/mini/mcdm.yaml"), "--model.init_args.base=tiny",
-       "--model.init_args.conditioning.init_args.image_size=32",
+       "--model.init_args.conditioning.init_args.clip_image_size=32",
        "--model.init_args.conditioning.init_args.num_image_tokens=3"]  # fmt: skip
 
 
@@ -110,7 +110,7 @@ def test_out_caches_a_copy_and_leaves_the_source_shards_alone(shards, tmp_path):
 def test_caching_keeps_the_sidecar_and_manifest_checksums_true(shards):
     import json
 
-    from portrait_edit.data.shard_writer import file_sha256
+    from portrait_edit.atomic import file_sha256
 
     out, config = shards
     assert cache_conditions.main([str(out), *config]) == 0

@@ -13,8 +13,8 @@ from demo_report import build, stage_times  # noqa: E402
 from held_out_portraits import write_portraits  # noqa: E402
 
 from portrait_edit.data.eval_pairs import WorldEvalDataset  # noqa: E402
-from portrait_edit.data.images import encode_png, to_uint8  # noqa: E402
-from portrait_edit.world import DIRECTIONS  # noqa: E402
+from portrait_edit.images import encode_png, to_uint8  # noqa: E402
+from portrait_edit.tasks import DIRECTIONS
 
 
 def test_portraits_are_the_evaluation_streams_inputs(tmp_path):

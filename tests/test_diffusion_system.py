@@ -18,7 +18,8 @@ from portrait_edit.diffusion.noise import rank_generator
 from portrait_edit.models.conditioning import PoseControlConditioning, TextConditioning
 from portrait_edit.models.ema import ema_decay_at
 from portrait_edit.systems.diffusion import DiffusionSystem
-from portrait_edit.world import DIRECTIONS, make_pair
+from portrait_edit.tasks import DIRECTIONS
+from portrait_edit.world import make_pair
 
 SIZE = 32  # tiny preset: VAE downscale 2 -> 16 x 16 latents
 

@@ -10,11 +10,11 @@ from lightning.pytorch import Trainer
 from PIL import Image
 
 from portrait_edit.data.edit_inputs import EditInputsDataModule
-from portrait_edit.data.images import to_uint8
-from portrait_edit.data.prompts import prompts_for
-from portrait_edit.models.mcdm import MCDMConditioning
+from portrait_edit.images import to_uint8
+from portrait_edit.models.mcdm_conditioning import MCDMConditioning
 from portrait_edit.systems.edit import EditSystem, EditWriter
 from portrait_edit.systems.mcdm import MCDMSystem
+from portrait_edit.tasks import prompts_for
 from portrait_edit.world import make_pair
 
 SIZE = 32
@@ -25,7 +25,7 @@ QUIET = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_
 def model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mcdm")
     conditioning = MCDMConditioning(
-        image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3, num_image_tokens=3
+        clip_image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3, num_image_tokens=3
     )
     MCDMSystem(base="tiny", conditioning=conditioning, val_edits=0).export(folder, dtype=torch.float32)
     return folder
@@ -101,7 +101,7 @@ def test_keep_source_reaches_the_editor_and_the_record(model, tmp_path):
 
 def test_every_format_the_loader_reads_is_edited_once_under_its_own_name(model, tmp_path):
     """.tif / .gif / .bmp are edited like .png; x.png and x.jpg (and a/y.png, b/y.png) get outputs of their own."""
-    from portrait_edit.data.images import image_files
+    from portrait_edit.images import image_files
 
     inputs, out = tmp_path / "inputs", tmp_path / "edits"
     (inputs / "a").mkdir(parents=True), (inputs / "b").mkdir()
@@ -188,7 +188,7 @@ def test_scales_reach_the_edits_and_the_record(model, tmp_path):
 def test_a_measured_mask_range_is_written_into_the_export_and_enforced(model, tmp_path):
     import shutil
 
-    from portrait_edit.models.mcdm import update_export_settings
+    from portrait_edit.models.mcdm_export import MCDMExportSettings
 
     folder = tmp_path / "mcdm"
     shutil.copytree(model, folder)
@@ -204,7 +204,7 @@ def test_a_measured_mask_range_is_written_into_the_export_and_enforced(model, tm
     assert 0 <= low < high <= 1 and result.soft_masks is not None
     soft = result.soft_masks.flatten(1)  # the same maps: every one is cut into two parts in the range
     assert (soft.min(1).values <= low + 1e-6).all() and (soft.max(1).values >= high - 1e-6).all()
-    update_export_settings(folder, {"mask_range": [low, high]})
+    MCDMExportSettings.load(folder).replace(mask_range=[low, high]).save(folder)
     settings = json.loads((folder / "mcdm.json").read_text())
     assert settings["mask_range"] == [low, high] and settings["scales"] == system.editor.scales
     with pytest.raises(ValueError, match="usable range"):

@@ -24,12 +24,13 @@ from portrait_edit.diffusion.masks import (
 )
 from portrait_edit.models.components import vae_roundtrip
 from portrait_edit.models.editor import MCDMEditor
-from portrait_edit.models.mcdm import MCDMConditioning
+from portrait_edit.models.mcdm_conditioning import MCDMConditioning
 from portrait_edit.systems.mcdm import SCHEDULER, MCDMSystem
-from portrait_edit.world import DIRECTIONS, make_pair
+from portrait_edit.tasks import DIRECTIONS
+from portrait_edit.world import make_pair
 
 SIZE = 32
-TINY_CLIP = dict(image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3, num_image_tokens=3)
+TINY_CLIP = dict(clip_image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3, num_image_tokens=3)
 
 
 def test_prediction_difference_by_hand():
@@ -286,8 +287,8 @@ def test_diffedit_mask_is_one_call_of_the_guided_predictions(tiny_sd, editor_and
     import dataclasses
 
     from portrait_edit.diffusion.masks import normalise, prediction_difference
+    from portrait_edit.models.baselines import DiffEditMask
     from portrait_edit.models.conditioning import TextConditioning
-    from portrait_edit.models.editor import DiffEditMask
 
     _, sources, p_a, p_b = editor_and_batch
     parts = dataclasses.replace(tiny_sd, text_encoder=copy.deepcopy(tiny_sd.text_encoder))
@@ -314,3 +315,16 @@ def test_diffedit_mask_is_one_call_of_the_guided_predictions(tiny_sd, editor_and
                 preds[key].append(null + 7.5 * (cond - null))
     expected = normalise(prediction_difference(torch.cat(preds["a"]), torch.cat(preds["b"]), 3))
     assert_close(soft, expected, rtol=1e-3, atol=5e-4)  # guidance 7.5 amplifies float rounding
+
+
+def test_one_lambda_per_input_is_each_input_edited_at_its_own(editor_and_batch):
+    editor, sources, p_a, p_b = editor_and_batch
+    both = editor.edit(sources, p_a, p_b, threshold=[0.2, 0.6], steps=2, mask_seeds=2, seed=[4, 5])
+    for k, lam in enumerate((0.2, 0.6)):
+        alone = editor.edit(sources[k : k + 1], p_a[k : k + 1], p_b[k : k + 1], threshold=lam, steps=2,
+                            mask_seeds=2, seed=[4 + k])  # fmt: skip
+        assert torch.equal(both.masks[k], alone.masks[0])
+        assert_close(both.images[k], alone.images[0], rtol=0, atol=1e-5)
+    assert not torch.equal(both.masks[0], (both.soft_masks[0] > 0.6).float())  # the lambdas differ
+    with pytest.raises(ValueError, match="one per input"):
+        editor.edit(sources, p_a, p_b, threshold=[0.2, 0.3, 0.4], steps=2, mask_seeds=2)

@@ -15,7 +15,7 @@ from portrait_edit.models.clip_pair import build_clip, export_clip
 from portrait_edit.models.components import load_tokenizer
 from portrait_edit.models.direction_classifier import DirectionClassifier, DirectionClassifierConfig
 from portrait_edit.models.editor import MCDMEditor
-from portrait_edit.models.mcdm import MCDMConditioning
+from portrait_edit.models.mcdm_conditioning import MCDMConditioning
 from portrait_edit.models.methods import MCDMMethod, MethodSpec
 from portrait_edit.systems.evaluation import EvaluationSystem
 from portrait_edit.systems.mcdm import MCDMSystem
@@ -29,7 +29,7 @@ DIRECTIONS = ["santa", "angry"]
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_models")
     conditioning = MCDMConditioning(
-        image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3, num_image_tokens=3
+        clip_image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3, num_image_tokens=3
     )
     MCDMSystem(base="tiny", conditioning=conditioning, val_edits=0).export(root / "mcdm", dtype=torch.float32)
     export_clip(build_clip("tiny", "tiny"), load_tokenizer("tiny"), root / "clip")
@@ -51,7 +51,7 @@ def methods(root):
 def evaluate(root, out, batch_size):
     system = EvaluationSystem(
         methods(root), output_dir=str(out), classifier=str(root / "classifier"), image_encoder=str(root / "clip"),
-        image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3, grid_samples=3,
+        clip_image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3, grid_samples=3,
     )  # fmt: skip
     data = EvalPairsDataModule(
         "world", inputs=2, directions=DIRECTIONS, image_size=SIZE, batch_size=batch_size
@@ -111,7 +111,7 @@ def test_two_process_ddp_gives_the_one_process_table(models, tmp_path):
             out = tmp_path / f"devices{devices}"
             system = EvaluationSystem(
                 methods(models)[:3], output_dir=str(out), classifier=str(models / "classifier"),
-                image_encoder=str(models / "clip"), image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+                image_encoder=str(models / "clip"), clip_image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3,
             )  # fmt: skip
             data = EvalPairsDataModule("world", inputs=5, directions=["santa"], image_size=SIZE, batch_size=2)
             strategy = {"strategy": "ddp_spawn", "devices": 2} if devices == 2 else {"devices": 1}
@@ -152,7 +152,7 @@ def test_cached_items_resume_an_interrupted_run_and_follow_the_models(models, tm
         calls: dict[str, int] = {}
         system = EvaluationSystem(
             methods(models), output_dir=str(out), classifier=str(models / "classifier"),
-            image_encoder=str(models / "clip"), image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+            image_encoder=str(models / "clip"), clip_image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3,
             grid_samples=3, cache=cache,
         )  # fmt: skip
         system.methods = [Counted(m, calls, s.name) for m, s in zip(system.methods, system.specs)]
@@ -199,7 +199,9 @@ def test_baseline_rows_without_a_model_take_the_tables_base(models):
         MethodSpec("Ours", "mcdm", str(models / "mcdm"), steps=2),
         MethodSpec("SDEdit 0.5", "sdedit", steps=4),
     ]
-    system = EvaluationSystem(specs, base="tiny", image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    system = EvaluationSystem(
+        specs, base="tiny", clip_image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
     assert [s.model for s in system.specs] == [str(models / "mcdm"), "tiny"]
     with pytest.raises(ValueError, match="no base model"):
         EvaluationSystem([MethodSpec("SDEdit 0.5", "sdedit", steps=4)])

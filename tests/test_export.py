@@ -5,7 +5,8 @@ import torch
 from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 
-from portrait_edit.models.export import replace_folder, save_module
+from portrait_edit.atomic import replace_folder
+from portrait_edit.models.export import save_module
 
 
 def test_replace_folder_swaps_the_whole_folder_and_clears_leftovers(tmp_path):

@@ -17,7 +17,7 @@ from PIL import Image
 
 from portrait_edit.data.shard_pipeline import read_shard_samples
 from portrait_edit.data.shard_reader import PairShardsDataModule
-from portrait_edit.models.mcdm import MCDMConditioning
+from portrait_edit.models.mcdm_conditioning import MCDMConditioning
 from portrait_edit.systems.mcdm import MCDMSystem
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +82,7 @@ def test_an_ip2p_dataset_imports_into_shards_that_train_the_mcdm(exported, tmp_p
         32,
         32,
     )
-    system = MCDMSystem(base="tiny", conditioning=MCDMConditioning(image_size=32, image_mean=[0.5] * 3,
+    system = MCDMSystem(base="tiny", conditioning=MCDMConditioning(clip_image_size=32, image_mean=[0.5] * 3,
                         image_std=[0.5] * 3, num_image_tokens=3), val_edits=0)  # fmt: skip
     data = PairShardsDataModule(str(tmp_path / "shards"), batch_size=2, num_workers=0, shuffle_buffer=2)
     trainer = Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tiny_conditioning(**kw):
     return IdentityConditioning(
-        num_heads=4, mlp_hidden=64, image_size=32, image_mean=[0.5] * 3, image_std=[0.5] * 3, **kw
+        num_heads=4, mlp_hidden=64, clip_image_size=32, image_mean=[0.5] * 3, image_std=[0.5] * 3, **kw
     )
 
 
@@ -233,7 +233,7 @@ def test_identity_configs_run_end_to_end_on_the_tiny_preset(tmp_path):
             "--ckpt_path=null",
             "--model.init_args.base=tiny",
             f"--model.init_args.export_dir={tmp_path / 'export'}",
-            "--model.init_args.conditioning.init_args.image_size=32",
+            "--model.init_args.conditioning.init_args.clip_image_size=32",
             "--model.init_args.conditioning.init_args.controlnet=tiny",
             "--data.init_args.identities=4",
             "--data.init_args.views=2",

@@ -21,7 +21,7 @@ from portrait_edit.metrics.image import (
     masked_ssim,
     ssim,
 )
-from portrait_edit.world import DIRECTIONS
+from portrait_edit.tasks import DIRECTIONS
 
 
 def images(seed, n=2, size=32):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from portrait_edit.data.images import decode_image, encode_png, load_image, to_tensor, to_uint8
+from portrait_edit.images import decode_image, encode_png, load_image, to_tensor, to_uint8
 
 
 def _save(img: Image.Image, path, fmt: str, **kw) -> str:
@@ -131,3 +131,13 @@ def test_to_tensor_range_and_inverse():
     torch.testing.assert_close(t[:, 0, 0], torch.tensor([-1.0, 1.0, 128 / 127.5 - 1]))
     np.testing.assert_array_equal(to_uint8(t), arr)
     torch.testing.assert_close(to_tensor(Image.fromarray(arr)), t)
+
+
+def test_a_batch_converts_as_its_images_do():
+    batch = np.random.default_rng(0).integers(0, 256, (3, 4, 5, 3), dtype=np.uint8)
+    t = to_tensor(batch)
+    assert t.shape == (3, 3, 4, 5)
+    torch.testing.assert_close(t, torch.stack([to_tensor(image) for image in batch]), rtol=0, atol=0)
+    np.testing.assert_array_equal(to_uint8(t), batch)
+    with pytest.raises(ValueError, match="uint8"):
+        to_tensor(batch.astype(np.float32))

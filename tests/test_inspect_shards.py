@@ -8,9 +8,9 @@ import numpy as np
 from PIL import Image
 from tool_loader import load_tool
 
-from portrait_edit.data.images import encode_png
 from portrait_edit.data.jobs import ShardedJobs, sample_seed
 from portrait_edit.data.shard_writer import ShardWriter
+from portrait_edit.images import encode_png
 
 inspect_tool = load_tool("inspect_shards")
 

@@ -16,12 +16,13 @@ from safetensors.torch import load_file
 from torch.testing import assert_close
 
 from portrait_edit.models.components import load_components
-from portrait_edit.models.mcdm import ImageEmbeddingAdapter, MCDMConditioning
+from portrait_edit.models.mcdm_conditioning import ImageEmbeddingAdapter, MCDMConditioning
 from portrait_edit.systems.mcdm import MCDMSystem, swapped
-from portrait_edit.world import DIRECTIONS, make_pair
+from portrait_edit.tasks import DIRECTIONS
+from portrait_edit.world import make_pair
 
 SIZE = 32  # tiny preset: 32 x 32 images, VAE downscale 2, CLIP 32 x 32 with 2 x 2 patches
-TINY_CLIP = dict(image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+TINY_CLIP = dict(clip_image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
 def to_tensor(images):
@@ -138,7 +139,7 @@ def test_export_is_a_self_contained_folder(tmp_path):
         assert torch.equal(adapter.state_dict()[key], value), key
     settings = json.loads((tmp_path / "mcdm.json").read_text())
     assert settings["scales"] == {"image": 3.0, "spatial": 3.0, "text": 7.0}
-    assert settings["image_size"] == SIZE and settings["use_spatial"] and settings["use_image"]
+    assert settings["clip_image_size"] == SIZE and settings["use_spatial"] and settings["use_image"]
     assert not list(tmp_path.glob(".*"))  # no temporary folder left behind
     card = (tmp_path / "README.md").read_text()  # the model card
     assert (

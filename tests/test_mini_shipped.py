@@ -15,11 +15,10 @@ from PIL import Image
 
 from portrait_edit import paths
 from portrait_edit.data.eval_pairs import EVAL_SEED
-from portrait_edit.data.images import encode_png, to_uint8
 from portrait_edit.data.jobs import sample_key, sample_seed
-from portrait_edit.data.prompts import prompts_for
 from portrait_edit.data.shard_pipeline import iter_samples, resolve_shards
 from portrait_edit.data.world_faces import render_faces
+from portrait_edit.images import encode_png, to_uint8
 from portrait_edit.metrics.identity import identity_retrieval_top1
 from portrait_edit.metrics.image import mask_iou, ssim
 from portrait_edit.models import components as C
@@ -27,6 +26,7 @@ from portrait_edit.models.direction_classifier import DirectionClassifier
 from portrait_edit.models.editor import MCDMEditor
 from portrait_edit.models.identity_encoder import IdentityEncoder, clip_tokens, encode_identity
 from portrait_edit.systems.sampling import SamplingSystem
+from portrait_edit.tasks import prompts_for
 from portrait_edit.world import make_pair
 
 MINI = paths.REPO_ROOT / "data" / "mini"

@@ -48,9 +48,10 @@ def test_the_pipeline_edits_as_predict_does(portrait, pipe, tmp_path):
     assert isinstance(pipe, DiffusionPipeline)
     for direction in DIRECTIONS:
         result = pipe(Image.open(path), direction=direction, gender=gender, num_inference_steps=STEPS, seed=0)
-        expected = np.asarray(Image.open(out / path.stem / f"{direction}.png"))
-        assert np.array_equal(np.asarray(result.images[0]), expected), direction
+        expected = np.asarray(Image.open(out / path.stem / f"{direction}.png")).astype(int)
         mask = np.asarray(Image.open(out / path.stem / f"{direction}_mask.png"))[..., 0]
+        # predict edits an input's directions in one batch: up to the float rounding of another batch size
+        assert np.abs(np.asarray(result.images[0]).astype(int) - expected).max() <= 1, direction
         assert np.array_equal(np.asarray(result.masks[0]), mask), direction
 
 

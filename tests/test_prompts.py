@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from portrait_edit.data.prompts import (
+from portrait_edit.tasks import (
     available_tasks,
     caption,
     load_templates,
@@ -69,7 +69,7 @@ def test_bad_or_missing_files_name_the_file(tmp_path):
 
 
 def test_descriptions_follow_the_gender_word_in_all_three_prompts():
-    from portrait_edit.data.prompts import person_descriptions
+    from portrait_edit.tasks import person_descriptions
     from portrait_edit.world.describe import describe_identity
     from portrait_edit.world.identity import Identity
 
@@ -91,3 +91,13 @@ def test_descriptions_follow_the_gender_word_in_all_three_prompts():
     )
     with pytest.raises(ValueError, match="commas"):
         prompts_for("santa", "woman", description="with red hair, blue eyes")
+
+
+def test_the_tasks_name_the_worlds_directions_and_the_classifiers_labels():
+    from portrait_edit.tasks import DIRECTIONS, LABELS, MASK_LAMBDAS, TASKS, mask_lambda
+
+    assert TASKS == {"costume": ("flower", "sheep", "santa", "royal"),
+                     "expression": ("angry", "shocked", "laughing", "crying")}  # fmt: skip
+    assert DIRECTIONS == TASKS["costume"] + TASKS["expression"] and LABELS == ("source", *DIRECTIONS)
+    assert MASK_LAMBDAS == {"costume": 0.2, "expression": 0.35}  # supplementary 1.3
+    assert [mask_lambda(d) for d in ("santa", "crying")] == [0.2, 0.35] and mask_lambda("santa", 0.5) == 0.5

@@ -25,7 +25,7 @@ def costume_fit(run: Path, shards: Path, steps: int, *extra: str) -> list[str]:
         f"--trainer.default_root_dir={run}", "--trainer.limit_val_batches=0",
         "--checkpoint.every_n_train_steps=1",
         "--model.init_args.base=tiny", "--model.init_args.conditioning.init_args.image_encoder=tiny",
-        "--model.init_args.conditioning.init_args.image_size=32", f"--model.init_args.export_dir={run}/export",
+        "--model.init_args.conditioning.init_args.clip_image_size=32", f"--model.init_args.export_dir={run}/export",
         f"--data.init_args.train_shards={shards}", "--data.init_args.val_shards=null",
         "--data.init_args.num_workers=0", "--data.init_args.batch_size=2", "--data.init_args.shuffle_buffer=4",
         *extra,

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch.utils.data import DataLoader, DistributedSampler
 
+from portrait_edit.atomic import file_sha256
 from portrait_edit.data.error_handler import CountingErrorHandler
 from portrait_edit.data.jobs import JobsDataModule, ShardedJobs, sample_seed
 from portrait_edit.data.shard_reader import (
@@ -25,7 +26,7 @@ from portrait_edit.data.shard_reader import (
     iter_samples,
     resolve_shards,
 )
-from portrait_edit.data.shard_writer import ShardWriter, file_sha256
+from portrait_edit.data.shard_writer import ShardWriter
 
 N, SHARD, BATCH = 22, 5, 2  # 5 shards (5, 5, 5, 5, 2); batches of 2, 2, 1 per full shard
 ALL_KEYS = [f"{i:09d}" for i in range(N)]

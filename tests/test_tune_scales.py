@@ -7,12 +7,11 @@ import pytest
 import torch
 from tool_loader import load_tool
 
-from portrait_edit.data.world_images import LABELS
 from portrait_edit.models.direction_classifier import DirectionClassifier, DirectionClassifierConfig
 from portrait_edit.models.editor import MCDMEditor
-from portrait_edit.models.mcdm import MCDMConditioning
+from portrait_edit.models.mcdm_conditioning import MCDMConditioning
 from portrait_edit.systems.mcdm import MCDMSystem
-from portrait_edit.world import DIRECTIONS
+from portrait_edit.tasks import DIRECTIONS, LABELS
 
 
 def _tool():
@@ -53,7 +52,7 @@ def test_sweep_on_a_tiny_export_resumes_and_writes_the_pick(tmp_path):
     everything as "flower": only flower edits count, so every setting has fidelity 1/8. The kept scores
     make a rerun compute nothing; --write puts the pick into mcdm.json, which the editor then uses."""
     tool = _tool()
-    clip = dict(image_size=32, image_mean=[0.5] * 3, image_std=[0.5] * 3, num_image_tokens=3)
+    clip = dict(clip_image_size=32, image_mean=[0.5] * 3, image_std=[0.5] * 3, num_image_tokens=3)
     system = MCDMSystem(base="tiny", conditioning=MCDMConditioning(**clip), val_edits=0, use_ema=False)
     export = tmp_path / "mcdm"
     system.export(export, dtype=torch.float32)

@@ -5,10 +5,9 @@ import json
 import numpy as np
 import pytest
 
+from portrait_edit.tasks import DIRECTIONS, TASKS
 from portrait_edit.world import (
-    DIRECTIONS,
     KEYPOINT_NAMES,
-    TASKS,
     draw_pose,
     draw_pose_pair,
     edit_mask,

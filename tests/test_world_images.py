@@ -6,12 +6,12 @@ import torch
 from lightning.pytorch import Trainer
 
 from portrait_edit.data.jobs import sample_seed
-from portrait_edit.data.prompts import prompts_for
 from portrait_edit.data.shard_writer import ShardWriter
-from portrait_edit.data.world_images import LABELS, WorldImagesDataModule, caption_classes
+from portrait_edit.data.world_images import WorldImagesDataModule, caption_classes
 from portrait_edit.data.world_pairs import WorldPairsDataModule
 from portrait_edit.systems.world_pairs import WorldPairsSystem
-from portrait_edit.world import DIRECTIONS, Pose, make_pair, pose_keypoints
+from portrait_edit.tasks import DIRECTIONS, LABELS, prompts_for
+from portrait_edit.world import Pose, make_pair, pose_keypoints
 
 N_PAIRS, VAL = 10, 3
 QUIET = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)

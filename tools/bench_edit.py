@@ -20,7 +20,7 @@ import torch
 from diffusers import StableDiffusionInstructPix2PixPipeline, UniPCMultistepScheduler
 
 from portrait_edit.models.editor import MCDMEditor
-from portrait_edit.models.mcdm import MCDMConditioning
+from portrait_edit.models.mcdm_conditioning import MCDMConditioning
 from portrait_edit.systems.mcdm import SCHEDULER, MCDMSystem
 
 
@@ -59,9 +59,9 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     """Print the figures and return them: seconds per edit and, with both, ours / InstructPix2Pix per row."""
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if args.sd15:
-        base, clip = "sd15", dict(image_size=224)
+        base, clip = "sd15", dict(clip_image_size=224)
     else:
-        base, clip = "tiny", dict(image_size=32, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        base, clip = "tiny", dict(clip_image_size=32, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     system = MCDMSystem(base=base, conditioning=MCDMConditioning(**clip), use_ema=False, val_edits=0)
     system = system.to(device=device, dtype=dtype).eval()
     editor = MCDMEditor(system.unet, system.conditioning, system.scales, SCHEDULER)

@@ -22,16 +22,18 @@ import time
 import numpy as np
 import torch
 
-from portrait_edit.models.mcdm import MCDMConditioning
+from portrait_edit.images import to_tensor
+from portrait_edit.models.mcdm_conditioning import MCDMConditioning
 from portrait_edit.systems.mcdm import MCDMSystem
-from portrait_edit.world import DIRECTIONS, make_pair
+from portrait_edit.tasks import DIRECTIONS
+from portrait_edit.world import make_pair
 
 
 def pair_batch(count: int, size: int) -> dict:
     pairs = [make_pair(1000 + i, DIRECTIONS[i % len(DIRECTIONS)], size=size) for i in range(count)]
 
     def tensor(images: list[np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return to_tensor(np.stack(images))
 
     return {
         "image": tensor([p.tgt for p in pairs]),
@@ -112,10 +114,10 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     device = torch.device(args.device)
     torch.manual_seed(0)
     if args.sd15:
-        conditioning = MCDMConditioning(image_size=224)
+        conditioning = MCDMConditioning(clip_image_size=224)
         base = "sd15"
     else:
-        conditioning = MCDMConditioning(image_size=64, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        conditioning = MCDMConditioning(clip_image_size=64, image_mean=[0.5] * 3, image_std=[0.5] * 3)
         base = "mini"
     # `mini` without a shipped data/mini falls back to the preset's random weights, as sd15 always does.
     system = MCDMSystem(base=base, conditioning=conditioning, use_ema=args.ema, val_edits=0).to(device)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from portrait_edit.data.eval_pairs import TUNE_SEED, WORLD, EvalPairsDataModule
 from portrait_edit.models.editor import MCDMEditor
-from portrait_edit.models.mcdm import update_export_settings
+from portrait_edit.models.mcdm_export import MCDMExportSettings
 
 
 def main() -> None:
@@ -42,8 +42,10 @@ def main() -> None:
     print(f"usable lambda range of {args.mcdm}: [{low:.3f}, {high:.3f})")
     if args.write:
         measured = {"pairs": args.pairs, "inputs": args.inputs, "seed": TUNE_SEED}
-        changes = {"mask_range": [round(low, 4), round(high, 4)], "mask_range_measured": measured}
-        update_export_settings(args.mcdm, changes)
+        settings = MCDMExportSettings.load(args.mcdm)
+        settings.replace(mask_range=[round(low, 4), round(high, 4)], mask_range_measured=measured).save(
+            args.mcdm
+        )
         print(f"wrote mask_range into {Path(args.mcdm) / 'mcdm.json'}")
 
 

@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from portrait_edit.data.shard_writer import atomic_write_bytes
+from portrait_edit.atomic import atomic_write_bytes
 from portrait_edit.metrics.report import COLUMNS, format_cell, inline_png, shown_columns
 
 STYLE = (

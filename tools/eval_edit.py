@@ -34,27 +34,26 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from portrait_edit.atomic import atomic_write_bytes, atomic_write_json
 from portrait_edit.data.eval_pairs import EVAL_SEED  # the evaluation's held-out stream
-from portrait_edit.data.images import encode_jpeg, to_uint8
 from portrait_edit.data.jobs import sample_seed
-from portrait_edit.data.prompts import prompts_for, task_for_direction
-from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_json
-from portrait_edit.data.world_images import LABELS
+from portrait_edit.images import encode_jpeg, to_tensor, to_uint8
 from portrait_edit.metrics.image import grid_iou_ceiling, mask_iou, masked_ssim, ssim
+from portrait_edit.models.baselines import DiffEditMask
 from portrait_edit.models.components import load_components, vae_roundtrip, vae_scale_factor
 from portrait_edit.models.conditioning import TextConditioning
 from portrait_edit.models.direction_classifier import DirectionClassifier
-from portrait_edit.models.editor import DiffEditMask, MCDMEditor
-from portrait_edit.models.methods import THRESHOLDS
+from portrait_edit.models.editor import MCDMEditor
 from portrait_edit.paths import DATA_DIR
 from portrait_edit.systems.mcdm import SCHEDULER
+from portrait_edit.tasks import LABELS, MASK_LAMBDAS, prompts_for, task_for_direction
 from portrait_edit.world import make_pair
 
 LAMBDAS = tuple(round(0.05 * k, 2) for k in range(1, 20))  # the oracle-lambda IoU's grid
 
 
 def tensor(images: list[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return to_tensor(np.stack(images))
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -92,7 +91,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     }
     sheet = []
     for direction in args.directions:
-        threshold = THRESHOLDS[task_for_direction(direction)]
+        threshold = MASK_LAMBDAS[task_for_direction(direction)]
         for start in tqdm(range(0, args.inputs, args.batch), desc=f"editing: {direction}", unit="batch"):
             pairs = [
                 make_pair(sample_seed(EVAL_SEED, i), direction, size=64)

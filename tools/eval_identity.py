@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from portrait_edit.data.images import encode_png
+from portrait_edit.atomic import atomic_write_bytes, atomic_write_json
 from portrait_edit.data.jobs import sample_seed
-from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_json
 from portrait_edit.data.world_faces import render_faces
+from portrait_edit.images import encode_png, to_tensor, to_uint8
 from portrait_edit.metrics.identity import identity_retrieval_top1
 from portrait_edit.models.clip_image import clip_pixels
 from portrait_edit.models.components import load_image_encoder
@@ -50,7 +50,7 @@ ATTRIBUTES = ("skin_rgb", "hair_rgb")
 
 
 def to_float(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return to_tensor(images)
 
 
 @torch.no_grad()
@@ -145,7 +145,7 @@ def sheet(faces: torch.Tensor, drawn: dict, rows: int = 16) -> np.ndarray:
         for i in range(min(rows, len(drawn["a"])))
     ]
     grid = torch.cat(tiles, dim=1)
-    return ((grid.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+    return to_uint8(grid)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,11 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from portrait_edit.data.images import encode_png
+from portrait_edit.atomic import atomic_write_bytes, atomic_write_json
 from portrait_edit.data.jobs import sample_seed
-from portrait_edit.data.prompts import caption
-from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_json
-from portrait_edit.data.world_images import GENDERS, LABELS, caption_classes
+from portrait_edit.data.world_images import GENDERS, caption_classes
+from portrait_edit.images import encode_png, to_tensor
 from portrait_edit.metrics.psnr import psnr_per_image
 from portrait_edit.models.clip_pair import load_text_projection
 from portrait_edit.models.components import load_image_encoder, load_text_encoder, load_tokenizer, load_vae
@@ -43,7 +42,8 @@ from portrait_edit.models.world_probe import WorldProbe
 from portrait_edit.paths import DATA_DIR
 from portrait_edit.systems.clip import image_classes, retrieval_top1
 from portrait_edit.systems.sampling import SamplingSystem, contact_sheet
-from portrait_edit.world import DIRECTIONS, make_pair, task_of
+from portrait_edit.tasks import DIRECTIONS, LABELS, caption, task_for_direction
+from portrait_edit.world import make_pair
 
 EVAL_SEED = 20_26_11  # held-out stream: the training pairs use seed 1, the demo's world pairs seed 0
 
@@ -58,7 +58,7 @@ def held_out(pairs: int, size: int = 64) -> dict[str, torch.Tensor | list[str]]:
         images += [pair.src, pair.gt]
         labels += [0, 1 + DIRECTIONS.index(direction)]
         genders += [pair.gender, pair.gender]
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    x = to_tensor(np.stack(images))
     return {"image": x, "label": torch.tensor(labels), "gender": genders}
 
 
@@ -105,7 +105,7 @@ def class_prompts(per_class: int) -> list[dict]:
             if label == 0:
                 prompt = caption(gender, None, ("costume", "expression")[(k // len(GENDERS)) % 2])
             else:
-                prompt = caption(gender, name, task_of(name))
+                prompt = caption(gender, name, task_for_direction(name))
             seed = sample_seed(EVAL_SEED + 1, label * per_class + k)
             jobs.append({"key": f"{label}-{k:04d}", "prompt": prompt, "seed": seed, "label": label})
     return jobs
@@ -118,7 +118,7 @@ def generate(system: SamplingSystem, jobs: list[dict], batch: int = 64) -> torch
         records_before = len(system.records)
         system.predict_step(jobs[start : start + batch], start // batch)
         images = np.stack([r["image"] for r in system.records[records_before:]])
-        out.append(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0)
+        out.append(to_tensor(images))
     return torch.cat(out)
 
 

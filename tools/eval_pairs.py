@@ -32,17 +32,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from portrait_edit.data.images import encode_jpeg, to_uint8
+from portrait_edit.atomic import atomic_write_bytes, atomic_write_json
 from portrait_edit.data.pair_jobs import WORLD
 from portrait_edit.data.shard_pipeline import iter_samples, resolve_shards
-from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_json
-from portrait_edit.data.world_images import LABELS
+from portrait_edit.images import encode_jpeg, to_tensor, to_uint8
 from portrait_edit.metrics.image import ssim
 from portrait_edit.models.components import load_image_encoder
 from portrait_edit.models.direction_classifier import DirectionClassifier
 from portrait_edit.models.identity_encoder import IdentityEncoder, encode_identity
 from portrait_edit.models.world_probe import WorldProbe
 from portrait_edit.paths import DATA_DIR
+from portrait_edit.tasks import LABELS
 from portrait_edit.world import make_pair
 from portrait_edit.world.faces import make_face
 
@@ -82,7 +82,7 @@ def read_pairs(folder: str) -> dict:
 
 
 def to_float(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return to_tensor(images)
 
 
 class Judges:

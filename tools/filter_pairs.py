@@ -41,9 +41,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from portrait_edit.data.images import decode_image, to_tensor
+from portrait_edit.atomic import atomic_write_json
 from portrait_edit.data.shard_pipeline import read_shard_samples, resolve_shards
-from portrait_edit.data.shard_writer import ShardWriter, atomic_write_json, completed_shards
+from portrait_edit.data.shard_writer import ShardWriter, completed_shards
+from portrait_edit.images import decode_image, to_tensor
 from portrait_edit.metrics.image import ssim
 from portrait_edit.models.direction_classifier import DirectionClassifier
 

@@ -13,11 +13,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from portrait_edit.atomic import atomic_write_bytes, atomic_write_json
 from portrait_edit.data.eval_pairs import EVAL_SEED
-from portrait_edit.data.images import encode_png
 from portrait_edit.data.jobs import sample_seed
-from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_json
-from portrait_edit.world import DIRECTIONS, make_pair
+from portrait_edit.images import encode_png
+from portrait_edit.tasks import DIRECTIONS
+from portrait_edit.world import make_pair
 
 
 def write_portraits(out: str | Path, count: int, size: int = 64) -> Path:

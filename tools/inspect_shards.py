@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from portrait_edit.atomic import atomic_write_bytes
 from portrait_edit.data.error_handler import CountingErrorHandler
-from portrait_edit.data.images import decode_image, encode_png
 from portrait_edit.data.shard_reader import iter_samples, resolve_shards
-from portrait_edit.data.shard_writer import atomic_write_bytes
+from portrait_edit.images import decode_image, encode_png
 
 SHEET_COLUMNS = ("src.png", "tgt.png", "gt.png", "edit_mask.png", "pose.png")
 TILE = 96  # contact-sheet tile height in pixels

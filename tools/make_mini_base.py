@@ -47,8 +47,8 @@ import torch
 import yaml
 
 from portrait_edit import run_dir
+from portrait_edit.atomic import atomic_write_json
 from portrait_edit.cli import PortraitCLI
-from portrait_edit.data.shard_writer import atomic_write_json
 from portrait_edit.paths import DATA_DIR, PRESETS_DIR, REPO_ROOT
 
 STAGES = (

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from portrait_edit.data.images import IMAGE_SUFFIXES, image_files, load_image
 from portrait_edit.data.pose_bank import PoseBank, load_openpose_detector, world_pose_bank
+from portrait_edit.images import IMAGE_SUFFIXES, image_files, load_image
 from portrait_edit.world.pose import KEYPOINT_NAMES
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from make_mini_base import git_revision
 
-from portrait_edit.data.shard_writer import atomic_write_bytes
+from portrait_edit.atomic import atomic_write_bytes
 from portrait_edit.metrics.report import markdown_table
 
 # The paper's Table 1 (costume / expression validation sets): SSIM (higher is better), FID (lower).

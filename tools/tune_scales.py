@@ -30,18 +30,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from portrait_edit.atomic import atomic_write_bytes, atomic_write_json
 from portrait_edit.data.eval_pairs import TUNE_SEED
-from portrait_edit.data.images import to_tensor
 from portrait_edit.data.jobs import sample_seed
-from portrait_edit.data.prompts import prompts_for, task_for_direction
-from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_json
-from portrait_edit.data.world_images import LABELS
+from portrait_edit.images import to_tensor
 from portrait_edit.metrics.image import ssim
 from portrait_edit.models.direction_classifier import DirectionClassifier
 from portrait_edit.models.editor import MCDMEditor
-from portrait_edit.models.mcdm import update_export_settings
+from portrait_edit.models.mcdm_export import MCDMExportSettings
 from portrait_edit.paths import DATA_DIR
-from portrait_edit.world import DIRECTIONS, make_pair
+from portrait_edit.tasks import DIRECTIONS, LABELS, prompts_for, task_for_direction
+from portrait_edit.world import make_pair
 
 Setting = tuple[float, float, float]  # (image, spatial, text)
 FRACTION_ROUNDING = 1e-6  # far below one edit's share of a fidelity (1 / inputs / directions)
@@ -163,9 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         tuned = {"tune_seed": TUNE_SEED, "inputs": args.inputs, "min_fidelity": args.min_fidelity,
                  "grid": [key(s) for s in grid]}  # fmt: skip
         # The mask's range was measured at the old scales: dropped, to be measured again.
-        old = update_export_settings(mcdm, {"scales": scales, "scales_tuned": tuned}, drop=("mask_range",))
+        old = MCDMExportSettings.load(mcdm)
+        old.replace(scales=scales, scales_tuned=tuned, mask_range=None, mask_range_measured=None).save(mcdm)
         print(f"wrote scales {scales} into {mcdm / 'mcdm.json'}")
-        if "mask_range" in old:
+        if old.mask_range is not None:
             print(
                 f"its mask range was measured at the old scales: run tools/calibrate_mask.py --mcdm {mcdm} --write"
             )

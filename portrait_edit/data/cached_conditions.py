@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from portrait_edit.data.images import decode_image, to_tensor
+from portrait_edit.atomic import atomic_write_json, file_sha256
 from portrait_edit.data.shard_pipeline import read_shard_samples, resolve_shards, write_shard_samples
-from portrait_edit.data.shard_writer import atomic_write_json, file_sha256
+from portrait_edit.images import decode_image, to_tensor
 from portrait_edit.models.components import load_components
-from portrait_edit.models.mcdm import MCDMConditioning
+from portrait_edit.models.mcdm_conditioning import MCDMConditioning
 
 FIELDS = ("tgt.latent.npy", "src.latent.npy", "src.clip.npy")
 CONDITIONS_FILE = "conditions.json"

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from portrait_edit.data.faces import FaceImagesDataModule, FaceImagesDataset, square_face
+from portrait_edit.data.faces import FaceImagesDataModule, FaceImagesDataset
+from portrait_edit.images import square_face
 
 log = logging.getLogger(__name__)
 

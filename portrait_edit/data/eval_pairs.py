@@ -23,11 +23,11 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from portrait_edit.data.error_handler import CountingErrorHandler
-from portrait_edit.data.images import to_uint8
 from portrait_edit.data.jobs import sample_seed
-from portrait_edit.data.prompts import prompts_for
 from portrait_edit.data.shard_pipeline import PairShardsMapDataset, resolve_shards
-from portrait_edit.world import DIRECTIONS, make_pair
+from portrait_edit.images import to_tensor, to_uint8
+from portrait_edit.tasks import DIRECTIONS, prompts_for
+from portrait_edit.world import make_pair
 
 WORLD = "world"
 EVAL_SEED = 20_26_12  # the held-out evaluation stream (tools/eval_edit.py uses the same one)
@@ -37,7 +37,7 @@ FIELDS = ("src.png", "tgt.png", "json")
 
 
 def _float(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 127.5 - 1.0
+    return to_tensor(image)
 
 
 class WorldEvalDataset(Dataset):

@@ -27,26 +27,16 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from portrait_edit.atomic import atomic_write_json
 from portrait_edit.data.error_handler import COUNTS_FIELD, CountingErrorHandler
-from portrait_edit.data.images import IMAGE_SUFFIXES, decode_image, image_files, load_image, to_tensor
 from portrait_edit.data.shard_pipeline import PairShardsMapDataset, resolve_shards
-from portrait_edit.data.shard_writer import atomic_write_json
+from portrait_edit.images import IMAGE_SUFFIXES, decode_image, image_files, load_image, square_face
 from portrait_edit.models.token_splice import GENDER_WORDS
 from portrait_edit.models.zero_shot import ZeroShotGender
 
 log = logging.getLogger(__name__)
 
 IMAGE_FIELDS = ("png", "jpg", "jpeg", "webp", "src.png")  # src.png: the x_A of pair shards
-
-
-def square_face(img: Image.Image, size: int) -> torch.Tensor:
-    """Centre-crop to a square and resize (bicubic): float (3, size, size) in [-1, 1]."""
-    side = min(img.size)
-    left, top = (img.width - side) // 2, (img.height - side) // 2
-    img = img.crop((left, top, left + side, top + side))
-    if side != size:
-        img = img.resize((size, size), Image.Resampling.BICUBIC)
-    return to_tensor(img)
 
 
 class FaceImagesDataset(Dataset):

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from portrait_edit.data.images import decode_image, encode_png
+from portrait_edit.atomic import atomic_write_json
 from portrait_edit.data.shard_pipeline import read_shard_samples, resolve_shards, write_shard_samples
-from portrait_edit.data.shard_writer import atomic_write_json
+from portrait_edit.images import decode_image, encode_png
 
 COLUMNS = ("input_image", "edit_prompt", "edited_image")  # diffusers' InstructPix2Pix example
 METADATA = ("source_prompt", "direction", "seed", "identity_similarity", "key")

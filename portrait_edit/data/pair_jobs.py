@@ -19,11 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from portrait_edit.data.images import IMAGE_SUFFIXES, image_files
 from portrait_edit.data.jobs import Job, JobsDataModule, sample_seed
 from portrait_edit.data.pose_bank import PoseBank
-from portrait_edit.data.prompts import person_descriptions, prompts_for
-from portrait_edit.world import DIRECTIONS, TASKS, task_of
+from portrait_edit.images import IMAGE_SUFFIXES, image_files
+from portrait_edit.tasks import DIRECTIONS, TASKS, person_descriptions, prompts_for, task_for_direction
 from portrait_edit.world.describe import describe_identity
 from portrait_edit.world.identity import identity_from_seed
 
@@ -110,7 +109,7 @@ class PairJobsDataModule(JobsDataModule):
         return {
             **job,
             "direction": direction,
-            "task": task_of(direction),
+            "task": task_for_direction(direction),
             "gender": gender,
             "identity_source": source,
             "pose_id": pose_id,

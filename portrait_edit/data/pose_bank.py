@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from huggingface_hub import constants as hub_constants
 
-from portrait_edit.data.shard_writer import atomic_write_bytes
+from portrait_edit.atomic import atomic_write_bytes
 from portrait_edit.world import pose_keypoints, sample_pose
 from portrait_edit.world.pose import KEYPOINT_NAMES
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from portrait_edit.data.images import decode_image, encode_png, to_tensor
+from portrait_edit.images import decode_image, encode_png, to_tensor
 
 REQUIRED_FIELDS: tuple[str, ...] = ("src.png", "tgt.png", "json")
 BOOKKEEPING = ("__key__", "__index__", "__shard__", "__shard_len__", "__filtered__")

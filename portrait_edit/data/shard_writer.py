@@ -39,6 +39,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from portrait_edit.atomic import atomic_write_json, file_sha256
 from portrait_edit.data.sample_codec import encode_sample
 
 log = logging.getLogger(__name__)
@@ -75,37 +76,6 @@ def flat_settings(settings: dict[str, Any]) -> dict[str, Any]:
         flat[f"{where}.class"] = part.get("class")
         flat.update({f"{where}.{key}": value for key, value in part.get("hparams", {}).items()})
     return flat
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a file so that readers see either the old content or the complete new one, never a part
-    (its folder is made when missing)."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """`atomic_write_bytes` of sorted, indented UTF-8 JSON."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode("utf-8"))
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def shard_name(prefix: str, rank: int, shard: int) -> str:
-    """File name (without directory) of a finished shard: `{prefix}-{rank:03d}-{shard:06d}.tar`."""
-    return f"{prefix}-{rank:03d}-{shard:06d}.tar"
 
 
 def completed_shards(output_dir: str | os.PathLike, prefix: str) -> set[int]:

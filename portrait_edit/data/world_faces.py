@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from portrait_edit.data.faces import face_loader
 from portrait_edit.data.jobs import sample_seed
-from portrait_edit.data.prompts import load_templates
+from portrait_edit.images import to_tensor
+from portrait_edit.tasks import load_templates
 from portrait_edit.world import Pose, draw_pose, make_face, pose_keypoints
 
 
@@ -68,17 +69,17 @@ class WorldFacesDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = {
-            "image": torch.from_numpy(self.images[i]).permute(2, 0, 1).float() / 127.5 - 1.0,
+            "image": to_tensor(self.images[i]),
             "gender": self.genders[i],
             "identity": int(self.identities[i]),
             "expression": self.expressions[i],
         }
         if self.poses is not None:
-            item["pose"] = torch.from_numpy(self.poses[i]).permute(2, 0, 1).float() / 127.5 - 1.0
+            item["pose"] = to_tensor(self.poses[i])
         if self.cross_view:
             others = self.others[i]
             j = others[int(torch.randint(len(others), ()))]
-            item["reference"] = torch.from_numpy(self.images[j]).permute(2, 0, 1).float() / 127.5 - 1.0
+            item["reference"] = to_tensor(self.images[j])
         return item
 
 

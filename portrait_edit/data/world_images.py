@@ -39,18 +39,17 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from portrait_edit.data.error_handler import CountingErrorHandler
-from portrait_edit.data.images import to_uint8
 from portrait_edit.data.jobs import sample_key
-from portrait_edit.data.prompts import caption, prompts_for
 from portrait_edit.data.sample_codec import decode_sample
 from portrait_edit.data.shard_pipeline import iter_samples, resolve_shards
-from portrait_edit.world import DIRECTIONS, TASKS, Pose, WorldPair, draw_pose, pose_keypoints, task_of
+from portrait_edit.images import to_tensor, to_uint8
+from portrait_edit.tasks import DIRECTIONS, LABELS, TASKS, caption, prompts_for, task_for_direction
+from portrait_edit.world import Pose, WorldPair, draw_pose, pose_keypoints
 from portrait_edit.world.describe import describe_identity
 from portrait_edit.world.identity import GENDERS, Identity
 
 log = logging.getLogger(__name__)
 
-LABELS = ("source", *DIRECTIONS)  # label i names LABELS[i]
 NEEDED_FIELDS = ("src.png", "gt.png", "json")
 MAKE_SHARDS = "portrait-edit predict --config configs/mini/base_pairs.yaml"
 
@@ -72,7 +71,7 @@ def caption_classes(genders: tuple[str, ...] = GENDERS) -> tuple[list[str], list
             captions.append(caption(gender, None, task))
             classes.append(g * len(LABELS))
         for d, direction in enumerate(DIRECTIONS):
-            captions.append(caption(gender, direction, task_of(direction)))
+            captions.append(caption(gender, direction, task_for_direction(direction)))
             classes.append(g * len(LABELS) + 1 + d)
     return captions, classes
 
@@ -208,7 +207,7 @@ def read_pairs(shards: str, image_size: int = 64, max_error_rate: float = 0.05) 
 
 def _to_float(image: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) -> float (3, H, W) in [-1, 1]."""
-    return torch.from_numpy(image).permute(2, 0, 1).float().div(127.5).sub(1.0)
+    return to_tensor(image)
 
 
 class WorldImagesDataset(Dataset):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from portrait_edit.data.jobs import Job, JobsDataModule
-from portrait_edit.world import DIRECTIONS
+from portrait_edit.tasks import DIRECTIONS
 
 
 class WorldPairsDataModule(JobsDataModule):

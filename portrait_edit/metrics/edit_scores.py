@@ -48,7 +48,7 @@ class EditJudges:
         identity_encoder: identity-encoder folder; None: identity unavailable.
         lpips_backbone: AlexNet weights for LPIPS (None: TORCH_HOME's copy if any, else unavailable).
         inception: folder of clean-fid's Inception weights (FID); None: FID unavailable.
-        image_size, image_mean, image_std: how images are shown to the CLIP image encoder for features
+        clip_image_size, image_mean, image_std: how images are shown to the CLIP image encoder for features
             (mean / std None: OpenAI's; the mini CLIP reads [-1, 1] images as they are: 0.5 / 0.5).
     """
 
@@ -59,7 +59,7 @@ class EditJudges:
         identity_encoder: str | None = None,
         lpips_backbone: str | None = None,
         inception: str | None = None,
-        image_size: int = 64,
+        clip_image_size: int = 64,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
     ) -> None:
@@ -85,7 +85,11 @@ class EditJudges:
         except MetricUnavailable as exc:
             self.inception = None
             self.unavailable["fid"] = str(exc)
-        self.view = (image_size, image_mean or list(OPENAI_CLIP_MEAN), image_std or list(OPENAI_CLIP_STD))
+        self.view = (
+            clip_image_size,
+            image_mean or list(OPENAI_CLIP_MEAN),
+            image_std or list(OPENAI_CLIP_STD),
+        )
 
     def to(self, device: torch.device | str) -> EditJudges:
         for module in (self.classifier, self.clip, self.identity, self.inception and self.inception.model):

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from scipy import linalg
 
+from portrait_edit.images import to_uint8
+
 
 def _unit(images: torch.Tensor) -> torch.Tensor:
     return ((images.float() + 1) / 2).clamp(0, 1)
@@ -153,7 +155,7 @@ class InceptionFeatures:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        pixels = to_uint8(images)
         # clean-fid resizes uint8 images to float32 in [0, 255] and feeds them unscaled.
         resized = torch.stack(
             [torch.from_numpy(np.asarray(self.resize(x), np.float32)).permute(2, 0, 1) for x in pixels]

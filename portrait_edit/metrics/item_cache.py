@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from portrait_edit.data.shard_writer import atomic_write_bytes
+from portrait_edit.atomic import atomic_write_bytes
 from portrait_edit.paths import DATA_DIR
 
 

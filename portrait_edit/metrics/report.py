@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from portrait_edit.data.images import encode_png
-from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_json
+from portrait_edit.atomic import atomic_write_bytes, atomic_write_json
+from portrait_edit.images import encode_png
 from portrait_edit.metrics.image import fid_from_features
 
 # Column -> (heading, better): the paper's Table 1 figures, then the mini world's extras.

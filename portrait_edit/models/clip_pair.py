@@ -31,7 +31,7 @@ from transformers import (
 )
 
 from portrait_edit import paths
-from portrait_edit.models.export import replace_folder
+from portrait_edit.atomic import replace_folder
 
 TEXT_PROJECTION = "text_projection.safetensors"
 

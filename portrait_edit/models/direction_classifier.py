@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from portrait_edit.models.folder_model import FolderModel
-from portrait_edit.world import DIRECTIONS
+from portrait_edit.tasks import DIRECTIONS
 
 
 @dataclass

@@ -11,7 +11,6 @@ branch rows in one call, chunked only for memory), then `diffusion.masks.edit_ma
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +25,11 @@ from portrait_edit.diffusion.masks import (
     MASK_AT,
     combine,
     edit_mask,
-    normalise,
-    prediction_difference,
     usable_range,
 )
 from portrait_edit.models.components import load_components
-from portrait_edit.models.conditioning import scaled_latents
-from portrait_edit.models.mcdm import MCDMConditioning
+from portrait_edit.models.mcdm_conditioning import MCDMConditioning
+from portrait_edit.models.mcdm_export import MCDMExportSettings
 
 # Drop flags (image, spatial, text) and text of the 5 branches of an edit step: e(0,0,0), e(im,0,0),
 # e(im,s,0), e(im,s,p_a), e(im,s,p_b).
@@ -84,22 +81,6 @@ def row_seeds(seed: int | list[int], count: int) -> list[int]:
     return seeds
 
 
-def export_conditioning(settings: dict, folder: str | Path | None = None) -> MCDMConditioning:
-    """The (unbound) conditioning an export's mcdm.json describes; with `folder`, its trained adapter and
-    image encoder are read from there at bind time (None: the caller gives them)."""
-    s = settings
-    use_image = s["use_image"] and folder is not None
-    return MCDMConditioning(
-        p_drop=0.0, use_spatial=s["use_spatial"], use_image=s["use_image"], num_image_tokens=s["num_image_tokens"],
-        latent_pool=s["latent_pool"], mlp_ratio=s["mlp_ratio"], clip_layer=s["clip_layer"],
-        image_size=s["image_size"], image_mean=s["image_mean"], image_std=s["image_std"],
-        adapter=str(Path(folder) / "image_adapter") if use_image else None,
-        image_encoder=str(folder) if use_image else None,
-        # Exports made before these were recorded have our adapter and nulls.
-        adapter_kind=s.get("adapter", "ours"), spatial_null=s.get("spatial_null", "black"),
-    )  # fmt: skip
-
-
 class MCDMEditor:
     """Edits portraits with a trained MCDM.
 
@@ -142,11 +123,8 @@ class MCDMEditor:
         """Load an MCDM export (systems/mcdm.py: unet/, image_adapter/, vae/, text_encoder/, tokenizer/,
         image_encoder/, scheduler/, mcdm.json)."""
         folder = Path(folder)
-        settings_path = folder / "mcdm.json"
-        if not settings_path.is_file():
-            raise ValueError(f"{folder} is not an MCDM export (no mcdm.json); export one with an MCDM fit")
-        s = json.loads(settings_path.read_text())
-        conditioning = export_conditioning(s, folder)
+        s = MCDMExportSettings.load(folder)
+        conditioning = s.conditioning(folder)
         parts = ("vae", "unet", *conditioning.parts)
         components = load_components(str(folder), parts=parts, torch_dtype=dtype)
         conditioning.bind(components)
@@ -159,13 +137,16 @@ class MCDMEditor:
 
     @classmethod
     def from_settings(
-        cls, unet: nn.Module, conditioning: MCDMConditioning, scheduler_config: dict, settings: dict
+        cls,
+        unet: nn.Module,
+        conditioning: MCDMConditioning,
+        scheduler_config: dict,
+        settings: MCDMExportSettings,
     ) -> MCDMEditor:
-        """The editor of an export's (bound) parts and its mcdm.json `settings` (scales, mask_at)."""
-        # Exports made before mask_at was recorded read the mask where the paper does.
+        """The editor of an export's (bound) parts and its mcdm.json `settings` (scales, mask_at, mask_range)."""
         return cls(
-            unet, conditioning, settings["scales"], scheduler_config, mask_at=settings.get("mask_at", MASK_AT),
-            mask_range=settings.get("mask_range"),
+            unet, conditioning, settings.scales, scheduler_config, mask_at=settings.mask_at,
+            mask_range=settings.mask_range,
         )  # fmt: skip
 
     @torch.no_grad()
@@ -257,7 +238,7 @@ class MCDMEditor:
     def mask(
         self,
         conditions: EditConditions,
-        threshold: float,
+        threshold: float | torch.Tensor,
         seeds: int = 10,
         steps: int = 20,
         mask_at: float = MASK_AT,
@@ -286,7 +267,7 @@ class MCDMEditor:
         sources: torch.Tensor,
         p_a: list[str],
         p_b: list[str],
-        threshold: float = 0.2,
+        threshold: float | list[float] = 0.2,
         use_mask: bool = True,
         steps: int = 20,
         seed: int | list[int] = 0,
@@ -299,7 +280,8 @@ class MCDMEditor:
         """Edit sources (B, 3, H, W) in [-1, 1] from p_a toward p_b.
 
         Args:
-            threshold: lambda of the mask (0.2 costume, 0.35 cartoon expression).
+            threshold: lambda of the mask (0.2 costume, 0.35 cartoon expression): one for every input, or
+                one per input.
             use_mask: Eq. 3 with the model-made mask (5 branch rows a step); False: eps(p_b) alone (the
                 "w/o mask" ablation, 4 rows a step).
             steps: UniPC steps (20 in the paper).
@@ -328,11 +310,12 @@ class MCDMEditor:
         scales = {**self.scales, **check_scales(scales or {})}
         soft = None
         seeds = row_seeds(seed, len(sources))
+        lambdas = torch.as_tensor(threshold, dtype=torch.float32)
+        if lambdas.ndim > 1 or (lambdas.ndim == 1 and len(lambdas) != len(sources)):
+            raise ValueError(f"need one lambda, or one per input ({len(sources)}); got {threshold}")
         if use_mask and mask is None:
             at = self.mask_at if mask_at is None else mask_at
-            mask, soft = self.mask(
-                conditions, threshold, mask_seeds, steps, at, [s + 1 for s in seeds], scales
-            )
+            mask, soft = self.mask(conditions, lambdas, mask_seeds, steps, at, [s + 1 for s in seeds], scales)
         scheduler = self.scheduler(steps)
         noise = row_noise(tuple(conditions.latent.shape[1:]), seeds)
         z = noise.to(conditions.latent) * scheduler.init_noise_sigma
@@ -363,55 +346,3 @@ class MCDMEditor:
             return None if m is None else F.interpolate(m[:, None], size=size, mode="nearest")[:, 0]
 
         return EditResult(images, upsampled(mask), upsampled(soft))
-
-
-class DiffEditMask:
-    """A DiffEdit-style mask from the text-to-image base model (the baseline our mask is compared with):
-    E(x_A) noised to half the schedule with `seeds` noises, the base UNet's classifier-free-guided noise
-    predictions under the reference prompt p_a and the query p_b, |difference| averaged over channels and
-    seeds, normalised to [0, 1] per image and binarised at `threshold` (DiffEdit's 0.5), no blur.
-
-    Args:
-        unet, vae: the base SD UNet (4-channel input) and VAE; text: a bound TextConditioning (its encoder).
-        guidance: the classifier-free guidance scale of the predictions.
-        scheduler_config: the noise schedule (for add_noise and the timesteps).
-    """
-
-    def __init__(
-        self, unet: nn.Module, vae: nn.Module, text, scheduler_config: dict, guidance: float = 7.5
-    ) -> None:
-        self.unet, self.vae, self.text = unet.eval(), vae.eval(), text
-        self.scheduler_config, self.guidance = dict(scheduler_config), guidance
-        self.unet_calls = 0
-
-    @torch.no_grad()
-    def __call__(
-        self, sources: torch.Tensor, p_a: list[str], p_b: list[str], seeds: int = 10, steps: int = 20,
-        strength: float = 0.5, threshold: float = 0.5, seed: int = 0,
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """(binary mask, soft map), float (B, h, w) at latent resolution."""
-        device = next(self.unet.parameters()).device
-        latent = scaled_latents(self.vae, sources)
-        scheduler = UniPCMultistepScheduler.from_config(self.scheduler_config)
-        scheduler.set_timesteps(steps, device=device)
-        t = scheduler.timesteps[math.ceil(strength * steps) - 1]
-        count = len(latent)
-        noise = torch.randn((seeds, *latent.shape), generator=torch.Generator().manual_seed(seed)).to(latent)
-        noisy = scheduler.add_noise(latent.repeat(seeds, 1, 1, 1), noise.flatten(0, 1), t.reshape(1))
-        states = torch.cat([self.text.encode_text([""]).expand(count, -1, -1), self.text.encode_text(list(p_a)),
-                            self.text.encode_text(list(p_b))])  # fmt: skip
-        # Rows: 3 branches (null, p_a, p_b) x seeds x inputs (seed-major), in one call.
-        context = states.reshape(3, count, *states.shape[1:])[:, None].expand(
-            3, seeds, count, *states.shape[1:]
-        )
-        self.unet_calls += 1
-        eps = self.unet(
-            noisy.repeat(3, 1, 1, 1),
-            t,
-            encoder_hidden_states=context.reshape(-1, *states.shape[1:]).to(noisy),
-        ).sample
-        e_null, e_a, e_b = eps.float().chunk(3)
-        guided_a = e_null + self.guidance * (e_a - e_null)
-        guided_b = e_null + self.guidance * (e_b - e_null)
-        soft = normalise(prediction_difference(guided_a, guided_b, seeds))
-        return (soft > threshold).float(), soft

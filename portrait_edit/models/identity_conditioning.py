@@ -43,7 +43,7 @@ class IdentityConditioning(TextConditioning):
         num_heads: attention heads of the decoder layer (must divide the CLIP width).
         mlp_hidden: hidden width of the output MLP.
         clip_layer: the CLIP hidden state the queries read (-1 last, -2 penultimate).
-        image_size: side faces are resized to for CLIP (224 ViT-L/14, 64 mini).
+        clip_image_size: side faces are resized to for CLIP (224 ViT-L/14, 64 mini).
         image_mean, image_std: CLIP's pixel normalisation (None: OpenAI's; 0.5 / 0.5 for the mini CLIP).
         caption_dropout: probability of replacing a row's prompt (and its identity) by the null text.
         controlnet: source of a frozen pose ControlNet (a folder such as data/mini, a hub id) fed the batch's
@@ -61,7 +61,7 @@ class IdentityConditioning(TextConditioning):
         num_heads: int = 8,
         mlp_hidden: int = 1024,
         clip_layer: int = -1,
-        image_size: int = 224,
+        clip_image_size: int = 224,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
         caption_dropout: float = 0.0,
@@ -84,7 +84,7 @@ class IdentityConditioning(TextConditioning):
             num_heads=num_heads,
             mlp_hidden=mlp_hidden,
             clip_layer=clip_layer,
-            image_size=image_size,
+            image_size=clip_image_size,
             image_mean=list(image_mean or OPENAI_CLIP_MEAN),
             image_std=list(image_std or OPENAI_CLIP_STD),
         )

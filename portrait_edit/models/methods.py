@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from portrait_edit.data.prompts import task_for_direction
+from portrait_edit.diffusion.conditions import check_scales
 from portrait_edit.models.baselines import PARTS, BaselineEdit, DiffEdit, SDEdit
 from portrait_edit.models.components import load_components
 from portrait_edit.models.editor import MCDMEditor
+from portrait_edit.tasks import mask_lambda
 
 KINDS = ("mcdm", "sdedit", "diffedit")
-THRESHOLDS = {"costume": 0.2, "expression": 0.35}  # lambda per task (supplementary 1.3)
 
 
 @dataclass
@@ -42,6 +42,8 @@ class MethodSpec:
         threshold: mcdm only: lambda of the mask; None: per task (costume 0.2, expression 0.35).
         strength: sdedit only: the share of the schedule x_A is noised to (0.5, 0.8).
         steps: sampling steps (UniPC 20 for the MCDM; DDIM for the baselines).
+        scales: mcdm only: guidance scales {image, spatial, text}, any of them; None: the export's.
+        mask_at: mcdm only: the mask's share of the sampling timesteps; None: the export's.
     """
 
     name: str
@@ -52,6 +54,8 @@ class MethodSpec:
     threshold: float | None = None
     strength: float = 0.5
     steps: int = 20
+    scales: dict[str, float] | None = None
+    mask_at: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -62,15 +66,16 @@ class MethodSpec:
             raise ValueError(f"method {self.name!r}: steps must be >= 1, got {self.steps}")
         if self.keep_source and not (self.kind == "mcdm" and self.use_mask):
             raise ValueError(f"method {self.name!r}: keep_source is for an mcdm row with use_mask")
-
-
-def threshold_for(direction: str, threshold: float | None) -> float:
-    """lambda of an edit in `direction`: `threshold` when set, else its task's."""
-    return threshold if threshold is not None else THRESHOLDS.get(task_for_direction(direction), 0.2)
+        if (self.scales is not None or self.mask_at is not None) and self.kind != "mcdm":
+            raise ValueError(f"method {self.name!r}: scales and mask_at are for an mcdm row")
+        if self.scales is not None:
+            self.scales = check_scales(self.scales)
+        if self.mask_at is not None and not 0.0 < self.mask_at <= 1.0:
+            raise ValueError(f"method {self.name!r}: mask_at must be in (0, 1], got {self.mask_at}")
 
 
 class MCDMMethod:
-    """An MCDM export as a table row: inputs are grouped by lambda (one editor call per group)."""
+    """An MCDM export as a table row: one editor call, each input at its direction's lambda."""
 
     def __init__(self, spec: MethodSpec, device: str = "cpu") -> None:
         self.spec = spec
@@ -84,20 +89,12 @@ class MCDMMethod:
         self, sources: torch.Tensor, p_a: list[str], p_b: list[str], seeds: list[int], directions: list[str]
     ) -> BaselineEdit:
         spec = self.spec
-        images = torch.empty_like(sources)
-        masks = torch.zeros(len(sources), *sources.shape[-2:]) if spec.use_mask else None
-        lambdas = [threshold_for(d, spec.threshold) for d in directions]
-        for value in sorted(set(lambdas)):
-            rows = [i for i, x in enumerate(lambdas) if x == value]
-            result = self.editor.edit(
-                sources[rows], [p_a[i] for i in rows], [p_b[i] for i in rows], threshold=value,
-                use_mask=spec.use_mask, keep_source=spec.keep_source, steps=spec.steps,
-                seed=[seeds[i] for i in rows],
-            )  # fmt: skip
-            images[rows] = result.images.to(images)
-            if masks is not None:
-                masks[rows] = result.masks.to(masks)
-        return BaselineEdit(images, masks)
+        result = self.editor.edit(
+            sources, p_a, p_b, threshold=[mask_lambda(d, spec.threshold) for d in directions],
+            use_mask=spec.use_mask, keep_source=spec.keep_source, steps=spec.steps, seed=seeds,
+            scales=spec.scales, mask_at=spec.mask_at,
+        )  # fmt: skip
+        return BaselineEdit(result.images.to(sources), None if result.masks is None else result.masks.cpu())
 
 
 class BaseModelMethod:

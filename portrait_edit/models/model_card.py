@@ -4,7 +4,12 @@ where each part comes from and under which license, and the settings it edits wi
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING
+
+from portrait_edit.tasks import MASK_LAMBDAS
+
+if TYPE_CHECKING:
+    from portrait_edit.models.mcdm_export import MCDMExportSettings
 
 CITATION = """@article{chen2024featurepreserving,
   title   = {Learning Feature-Preserving Portrait Editing from Generated Pairs},
@@ -22,17 +27,16 @@ LICENSES = {
     "mini": "Apache-2.0 (the mini world's base, trained by portrait_edit)",
     "tiny": "Apache-2.0 (random weights)",
 }
-LAMBDAS = {"costume": 0.2, "expression": 0.35}  # the paper's mask thresholds (supplementary 1.3)
 
 
 def license_of(source: str | None) -> str:
     return LICENSES.get(source or "", f"the license of {source}" if source else "the base's license")
 
 
-def model_card(settings: dict[str, Any]) -> str:
-    """README.md of an export whose mcdm.json holds `settings`."""
-    base, vae = settings.get("base"), settings.get("vae")
-    converted = settings.get("converted_from")
+def model_card(settings: MCDMExportSettings, image_encoder_source: str | None = None) -> str:
+    """README.md of an export with these settings (its image encoder from `image_encoder_source`; None:
+    the base's)."""
+    base, vae, converted = settings.base, settings.vae, settings.converted_from
     origin = (
         f"The paper's released MCDM ({converted}), converted by portrait_edit (tools/convert_official.py)."
         if converted
@@ -45,9 +49,9 @@ def model_card(settings: dict[str, Any]) -> str:
         ("unet/, image_adapter/", unet_license),
         ("vae/", license_of(vae or base)),
         ("text_encoder/, tokenizer/", license_of(base)),
-        ("image_encoder/", license_of(settings.get("image_encoder_source") or base)),
+        ("image_encoder/", license_of(image_encoder_source or base)),
     ]
-    scales = settings.get("scales", {})
+    scales, demo = settings.scales, settings.demo_scales
     lines = [
         "---",
         "library_name: portrait_edit",
@@ -69,15 +73,14 @@ def model_card(settings: dict[str, Any]) -> str:
         "## Settings",
         "",
         f"- guidance scales (image / spatial / text): {scales.get('image')} / {scales.get('spatial')} / "
-        f"{scales.get('text')}"
-        + (f"; the release's demo used {settings['demo_scales']}" if "demo_scales" in settings else ""),
-        f"- mask: read at {settings.get('mask_at')} of the {settings.get('num_inference_steps', 20)} UniPC steps, "
-        f"lambda {LAMBDAS['costume']} (costume) / {LAMBDAS['expression']} (expression)",
-        f"- conditions: adapter `{settings.get('adapter', 'ours')}`, spatial null `{settings.get('spatial_null', 'black')}`, "
-        f"CLIP view {settings.get('image_size')} px, layer {settings.get('clip_layer')}",
+        f"{scales.get('text')}" + (f"; the release's demo used {demo}" if demo else ""),
+        f"- mask: read at {settings.mask_at} of the {settings.num_inference_steps} UniPC steps, "
+        f"lambda {MASK_LAMBDAS['costume']} (costume) / {MASK_LAMBDAS['expression']} (expression)",
+        f"- conditions: adapter `{settings.adapter}`, spatial null `{settings.spatial_null}`, "
+        f"CLIP view {settings.clip_image_size} px, layer {settings.clip_layer}",
     ]
-    if settings.get("training"):
-        lines += ["", "## Training", "", "```json", json.dumps(settings["training"], indent=2), "```"]
+    if settings.training:
+        lines += ["", "## Training", "", "```json", json.dumps(settings.training, indent=2), "```"]
     lines += ["", "## Licenses", "", "| part | license |", "|---|---|"]
     lines += [f"| {part} | {text} |" for part, text in rows]
     lines += ["", "## Citation", "", "```bibtex", CITATION, "```", ""]

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from portrait_edit.models.components import load_components, load_scheduler
-from portrait_edit.models.mcdm import MCDMConditioning, save_mcdm_export
+from portrait_edit.models.mcdm_conditioning import MCDMConditioning
+from portrait_edit.models.mcdm_export import MCDMExportSettings, save_mcdm_export
 from portrait_edit.models.official_adapter import KIND, OfficialAdapterConfig
 from portrait_edit.models.parts import load_differences
 
@@ -94,17 +95,17 @@ def convert_official(
     )
     sizes = OfficialAdapterConfig.from_state_dict(adapter_state, components.vae.config.latent_channels)
     conditioning = MCDMConditioning(
-        p_drop=0.0, image_encoder=image_encoder, clip_layer=-1, image_size=224, adapter_kind=KIND,
+        p_drop=0.0, image_encoder=image_encoder, clip_layer=-1, clip_image_size=224, adapter_kind=KIND,
         spatial_null="zeros", num_image_tokens=sizes.clip_tokens,
     )  # fmt: skip
     conditioning.bind(components)  # widens the base UNet's conv_in to 4 + 4 channels
     _load_strict(components.unet, unet_state, checkpoint / "unet.pth")
     _load_strict(conditioning.adapter, adapter_state, checkpoint / "adapter.pth")
     schedule = load_scheduler(base, "UniPCMultistepScheduler", **common).config
-    settings = {
-        "base": base, "vae": vae, "scales": PAPER_SCALES, "demo_scales": DEMO_SCALES, "mask_at": 0.5,
-        "converted_from": f"{RELEASE_REPO}: {checkpoint}",
-    }  # fmt: skip
+    settings = MCDMExportSettings.of(
+        conditioning, base=base, vae=vae, scales=PAPER_SCALES, demo_scales=DEMO_SCALES, mask_at=0.5,
+        converted_from=f"{RELEASE_REPO}: {checkpoint}",
+    )  # fmt: skip
     return save_mcdm_export(
         out, components.unet, conditioning.adapter, conditioning, dict(schedule), settings, dtype
     )

@@ -25,13 +25,11 @@ from diffusers import DiffusionPipeline, UniPCMultistepScheduler
 from diffusers.utils import BaseOutput
 from PIL import Image
 
-from portrait_edit.data.faces import square_face
-from portrait_edit.data.images import load_image, to_uint8
-from portrait_edit.data.prompts import prompts_for
+from portrait_edit.images import load_image, square_face, to_uint8
 from portrait_edit.models.components import SDComponents
-from portrait_edit.models.editor import MCDMEditor, export_conditioning
-from portrait_edit.models.mcdm import export_schema, save_mcdm_export
-from portrait_edit.models.methods import threshold_for
+from portrait_edit.models.editor import MCDMEditor
+from portrait_edit.models.mcdm_export import MCDMExportSettings, save_mcdm_export
+from portrait_edit.tasks import mask_lambda, prompts_for
 
 
 @dataclass
@@ -48,12 +46,12 @@ class PortraitEditPipeline(DiffusionPipeline):
     Args:
         unet, vae, text_encoder, tokenizer, image_encoder, image_adapter, scheduler: an export's parts
             (`from_pretrained` loads them from an export folder).
-        settings: the export's mcdm.json (how its conditions are computed, scales, mask_at).
+        settings: the export's mcdm.json (`MCDMExportSettings`: how its conditions are computed, scales, mask_at).
     """
 
     def __init__(
         self, unet: Any, vae: Any, text_encoder: Any, tokenizer: Any, image_encoder: Any, image_adapter: Any,
-        scheduler: Any, settings: dict[str, Any] | None = None,
+        scheduler: Any, settings: MCDMExportSettings | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         if settings is None:
@@ -64,8 +62,8 @@ class PortraitEditPipeline(DiffusionPipeline):
             unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_encoder=image_encoder,
             image_adapter=image_adapter, scheduler=scheduler,
         )  # fmt: skip
-        self.settings = dict(settings)
-        conditioning = export_conditioning(settings)
+        self.settings = settings
+        conditioning = settings.conditioning()
         parts = SDComponents(
             vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, image_encoder=image_encoder
         )
@@ -87,7 +85,7 @@ class PortraitEditPipeline(DiffusionPipeline):
         e = MCDMEditor.from_pretrained(folder, dtype=torch_dtype)
         c = e.conditioning
         scheduler = UniPCMultistepScheduler.from_config(e.scheduler_config)
-        settings = json.loads((Path(folder) / "mcdm.json").read_text())
+        settings = MCDMExportSettings.load(folder)
         return cls(
             e.unet, e.vae, c.text_encoder, c.tokenizer, c.image_encoder, c.adapter, scheduler, settings
         )
@@ -95,11 +93,7 @@ class PortraitEditPipeline(DiffusionPipeline):
     def save_pretrained(self, folder: str | Path, **_: Any) -> None:
         """Write the export format (loadable by from_pretrained, MCDMEditor and `predict`)."""
         e = self.editor
-        schema = set(export_schema(e.conditioning))
-        settings = {k: v for k, v in self.settings.items() if k not in schema} | {
-            "scales": e.scales,
-            "mask_at": e.mask_at,
-        }
+        settings = self.settings.replace(scales=e.scales, mask_at=e.mask_at)
         save_mcdm_export(
             folder, e.unet, e.conditioning.adapter, e.conditioning, e.scheduler_config, settings, e.unet.dtype
         )
@@ -163,7 +157,7 @@ class PortraitEditPipeline(DiffusionPipeline):
             seed = 0 if generator is None else int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         e = self.editor
         size = height or e.unet.config.sample_size * 2 ** (len(e.vae.config.block_out_channels) - 1)
-        lam = threshold if threshold is not None or direction is None else threshold_for(direction, None)
+        lam = threshold if threshold is not None or direction is None else mask_lambda(direction, None)
         result = e.edit(
             self.image_tensor(image, size).to(self.device), [source_prompt], [prompt],
             threshold=0.2 if lam is None else lam, use_mask=use_mask, keep_source=keep_source,

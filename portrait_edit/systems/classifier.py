@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_only
 
+from portrait_edit.images import pixels_to_unit, unit_to_pixels
 from portrait_edit.models.components import load_vae, vae_roundtrip
 from portrait_edit.models.direction_classifier import DirectionClassifier, DirectionClassifierConfig
 from portrait_edit.systems.schedules import one_cycle
@@ -140,10 +141,10 @@ class DirectionClassifierSystem(LightningModule):
         """Round trips of the rows of `images` with dataset `indices`, each computed once (kept as uint8)."""
         missing = [k for k, i in enumerate(indices) if i not in self._roundtrips]
         if missing:
-            fresh = ((self.roundtrip(images[missing]) + 1) * 127.5).round().byte().cpu()
+            fresh = unit_to_pixels(self.roundtrip(images[missing])).cpu()
             self._roundtrips.update((indices[k], x) for k, x in zip(missing, fresh))
         stored = torch.stack([self._roundtrips[i] for i in indices]).to(images.device)
-        return stored.float() / 127.5 - 1.0
+        return pixels_to_unit(stored)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, 9) of images (B, 3, H, W) in [-1, 1]."""

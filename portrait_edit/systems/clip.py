@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_only
 
-from portrait_edit.data.world_images import LABELS, caption_classes
+from portrait_edit.data.world_images import caption_classes
 from portrait_edit.models.clip_pair import build_clip, export_clip
 from portrait_edit.models.components import MAX_TOKENS, load_tokenizer
 from portrait_edit.systems.schedules import one_cycle
+from portrait_edit.tasks import LABELS
 from portrait_edit.world.identity import GENDERS
 
 log = logging.getLogger(__name__)

@@ -20,14 +20,13 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from portrait_edit import __version__
+from portrait_edit.atomic import atomic_write_bytes, atomic_write_json
 from portrait_edit.data.edit_inputs import DONE_FILE
-from portrait_edit.data.images import encode_png, to_uint8
-from portrait_edit.data.prompts import prompts_for, task_for_direction
-from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_json
 from portrait_edit.diffusion.conditions import check_scales
 from portrait_edit.diffusion.masks import check_threshold
+from portrait_edit.images import encode_png, to_uint8
 from portrait_edit.models.editor import MCDMEditor
-from portrait_edit.models.methods import threshold_for
+from portrait_edit.tasks import mask_lambda, prompts_for, task_for_direction
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +46,7 @@ class EditSystem(LightningModule):
             input draws its own noise from it, so its edit does not depend on its batch or rank).
         mask_seeds: noises averaged by the mask (10).
         scales: guidance scales {image, spatial, text}, any of them; None: the export's.
+        mask_at: the share of the sampling timesteps E(x_A) is noised to for the mask; None: the export's.
         max_rows: most rows per UNet call (the mask's 10 x 5 x B x D are chunked above it); None: no limit.
         dtype: float32, float16 or bfloat16 weights.
     """
@@ -64,6 +64,7 @@ class EditSystem(LightningModule):
         max_rows: int | None = None,
         dtype: str = "float32",
         scales: dict[str, float] | None = None,
+        mask_at: float | None = None,
     ) -> None:
         super().__init__()
         if not directions:
@@ -76,12 +77,14 @@ class EditSystem(LightningModule):
             raise ValueError(
                 f"steps and mask_seeds must be >= 1 (the paper: 20 and 10); got {steps}, {mask_seeds}"
             )
+        if mask_at is not None and not 0.0 < mask_at <= 1.0:
+            raise ValueError(f"mask_at must be in (0, 1] (a share of the sampling timesteps), got {mask_at}")
         self.scales = check_scales(scales or {})
         self.save_hyperparameters()
         self.editor = MCDMEditor.from_pretrained(model, dtype=getattr(torch, dtype))
         self.editor.max_rows = max_rows
         if use_mask:  # a lambda that cuts an empty (or full) mask would silently not edit (or redraw all)
-            for value in sorted({threshold_for(d, threshold) for d in directions}):
+            for value in sorted({mask_lambda(d, threshold) for d in directions}):
                 check_threshold(value, self.editor.mask_range, str(model))
 
     def on_predict_start(self) -> None:
@@ -96,32 +99,27 @@ class EditSystem(LightningModule):
             count = len(records)
             sources = batch["image"].repeat(len(directions), 1, 1, 1)  # direction-major rows
             prompts = [prompts_for(d, g) for d in directions for g in batch["gender"]]
-            thresholds = [threshold_for(d, self.hparams.threshold) for d in directions]
-            # One lambda per call: directions of one task share it, so group the rows by threshold.
-            for value in sorted(set(thresholds)):
-                rows = [k * count + i for k, t in enumerate(thresholds) if t == value for i in range(count)]
-                result = self.editor.edit(
-                    sources[rows], [prompts[r]["p_a"] for r in rows], [prompts[r]["p_b"] for r in rows],
-                    threshold=value, use_mask=self.hparams.use_mask, keep_source=self.hparams.keep_source,
-                    steps=self.hparams.steps, seed=self.hparams.seed, mask_seeds=self.hparams.mask_seeds,
-                    scales=self.scales,
-                )  # fmt: skip
-                for j, r in enumerate(rows):
-                    direction, record = directions[r // count], records[r % count]
-                    share = None if result.masks is None else float(result.masks[j].float().mean())
-                    if share in (0.0, 1.0):
-                        log.warning(
-                            "%s, %s: the mask at lambda %g is %s; pick a lambda in the export's range",
-                            record["name"], direction, value, "empty (no edit)" if share == 0 else "every pixel",
-                        )  # fmt: skip
-                    mask = (
-                        None
-                        if result.masks is None
-                        else to_uint8(result.masks[j][None].repeat(3, 1, 1) * 2 - 1)
-                    )
-                    record["edits"][direction] = {
-                        "image": to_uint8(result.images[j]), "mask": mask, "prompts": prompts[r], "threshold": value, "mask_share": share,
-                    }  # fmt: skip
+            lambdas = [mask_lambda(d, self.hparams.threshold) for d in directions for _ in range(count)]
+            result = self.editor.edit(
+                sources, [p["p_a"] for p in prompts], [p["p_b"] for p in prompts], threshold=lambdas,
+                use_mask=self.hparams.use_mask, keep_source=self.hparams.keep_source, steps=self.hparams.steps,
+                seed=self.hparams.seed, mask_seeds=self.hparams.mask_seeds, mask_at=self.hparams.mask_at,
+                scales=self.scales,
+            )  # fmt: skip
+            for r, (value, image) in enumerate(zip(lambdas, result.images)):
+                direction, record = directions[r // count], records[r % count]
+                share = None if result.masks is None else float(result.masks[r].float().mean())
+                if share in (0.0, 1.0):
+                    log.warning(
+                        "%s, %s: the mask at lambda %g is %s; pick a lambda in the export's range",
+                        record["name"], direction, value, "empty (no edit)" if share == 0 else "every pixel",
+                    )  # fmt: skip
+                mask = (
+                    None if result.masks is None else to_uint8(result.masks[r][None].repeat(3, 1, 1) * 2 - 1)
+                )
+                record["edits"][direction] = {
+                    "image": to_uint8(image), "mask": mask, "prompts": prompts[r], "threshold": value, "mask_share": share,
+                }  # fmt: skip
             for record, image in zip(records, batch["image"]):
                 record["input"] = to_uint8(image)
         return {"records": records, "failed": batch.get("failed", [])}
@@ -166,7 +164,7 @@ class EditWriter(BasePredictionWriter):
                 {
                     "name": record["name"], "gender": record["gender"], "model": str(hp.model),
                     "directions": {d: {"prompts": e["prompts"], "threshold": e["threshold"], "mask_share": e["mask_share"]} for d, e in record["edits"].items()},
-                    "scales": {**pl_module.editor.scales, **pl_module.scales}, "mask_at": pl_module.editor.mask_at, "seed": hp.seed, "steps": hp.steps, "use_mask": hp.use_mask,
+                    "scales": {**pl_module.editor.scales, **pl_module.scales}, "mask_at": hp.mask_at or pl_module.editor.mask_at, "seed": hp.seed, "steps": hp.steps, "use_mask": hp.use_mask,
                     "keep_source": hp.keep_source, "mask_seeds": hp.mask_seeds, "version": __version__,
                 },
             )  # fmt: skip

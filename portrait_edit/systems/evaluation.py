@@ -21,13 +21,12 @@ import torch.distributed as dist
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import WandbLogger
 
-from portrait_edit.data.images import to_uint8
-from portrait_edit.data.prompts import task_for_direction
-from portrait_edit.data.world_images import LABELS
+from portrait_edit.images import to_uint8
 from portrait_edit.metrics.edit_scores import SCORES, SCORES_VERSION, EditJudges
 from portrait_edit.metrics.item_cache import ItemCache, fingerprint, item_check
 from portrait_edit.metrics.report import COLUMNS, frechet_caveats, summarise, write_report
 from portrait_edit.models.methods import MethodSpec, build_method
+from portrait_edit.tasks import LABELS, task_for_direction
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ class EvaluationSystem(LightningModule):
         lpips_backbone: AlexNet weights file for LPIPS; None: TORCH_HOME's copy, else unavailable.
         inception: folder of clean-fid's Inception weights (inception-2015-12-05.pt) for FID; None:
             unavailable (the Frechet distance of CLIP features is reported beside it either way).
-        image_size, image_mean, image_std: how images are shown to the CLIP image encoder (224 and OpenAI's
+        clip_image_size, image_mean, image_std: how images are shown to the CLIP image encoder (224 and OpenAI's
             mean / std for ViT-L/14; 64 and 0.5 / 0.5 for the mini CLIP).
         grid_samples: items (the lowest indices) pictured in index.html and the W&B table.
         cache: keep each method's per-item results in `output_dir`/cache (metrics/item_cache.py): a rerun
@@ -77,7 +76,7 @@ class EvaluationSystem(LightningModule):
         identity_encoder: str | None = None,
         lpips_backbone: str | None = None,
         inception: str | None = None,
-        image_size: int = 224,
+        clip_image_size: int = 224,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
         grid_samples: int = 16,
@@ -101,14 +100,14 @@ class EvaluationSystem(LightningModule):
             identity_encoder,
             lpips_backbone,
             inception,
-            image_size,
+            clip_image_size,
             image_mean,
             image_std,
         )
         judged_by = {
             "classifier": fingerprint(classifier), "image_encoder": fingerprint(image_encoder),
             "identity_encoder": fingerprint(identity_encoder), "lpips_backbone": fingerprint(lpips_backbone),
-            "inception": fingerprint(inception), "view": [image_size, image_mean, image_std],
+            "inception": fingerprint(inception), "view": [clip_image_size, image_mean, image_std],
         }  # fmt: skip
         self.caches = {
             spec.name: ItemCache(

@@ -17,12 +17,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from portrait_edit.data.cached_conditions import cache_settings, check_cached_conditions
-from portrait_edit.data.images import to_uint8
 from portrait_edit.diffusion.conditions import swap_mask
 from portrait_edit.diffusion.masks import MASK_AT
 from portrait_edit.diffusion.noise import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS
+from portrait_edit.images import to_uint8
 from portrait_edit.models.editor import MCDMEditor
-from portrait_edit.models.mcdm import MCDMConditioning, save_mcdm_export
+from portrait_edit.models.mcdm_conditioning import MCDMConditioning
+from portrait_edit.models.mcdm_export import MCDMExportSettings, save_mcdm_export
 from portrait_edit.systems.diffusion import DiffusionSystem
 
 # Guidance defaults (supplementary 1.3): image 3, spatial 3, text 5; UniPC, 20 steps.
@@ -206,13 +207,14 @@ class MCDMSystem(DiffusionSystem):
             "optimizer_steps": self.global_step, "lr": hp.lr, "ema": hp.use_ema, "p_swap": hp.p_swap,
             "p_drop": self.conditioning.p_drop, "last_train_loss": None if loss is None else round(float(loss), 5),
         }  # fmt: skip
-        settings = {
-            "base": hp.base,
-            "vae": hp.vae,
-            "scales": self.scales,
-            "mask_at": hp.mask_at,
-            "training": training,
-        }
+        settings = MCDMExportSettings.of(
+            self.conditioning,
+            base=hp.base,
+            vae=hp.vae,
+            scales=self.scales,
+            mask_at=hp.mask_at,
+            training=training,
+        )
         save_mcdm_export(
             out_dir, final["unet"], final.get("image_adapter"), self.conditioning, SCHEDULER, settings, dtype
         )

@@ -20,11 +20,10 @@ import torch
 from lightning.pytorch import LightningModule
 
 from portrait_edit import __version__, paths
-from portrait_edit.data.faces import square_face
-from portrait_edit.data.images import load_image, to_uint8
 from portrait_edit.data.jobs import sample_seed
 from portrait_edit.data.pair_jobs import WORLD
 from portrait_edit.data.pose_bank import PoseBank
+from portrait_edit.images import load_image, pixels_to_unit, square_face, to_tensor, to_uint8
 from portrait_edit.models.components import load_components, vae_scale_factor
 from portrait_edit.models.identity_encoder import IdentityEncoder
 from portrait_edit.models.pair_generator import PairGenerator
@@ -159,7 +158,7 @@ class PairGenerationSystem(LightningModule):
         size = self.hparams.image_size
         if source.startswith(f"{WORLD}:"):
             image = make_face(int(source.split(":", 1)[1]), 0, size=size).image
-            return torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1.0
+            return to_tensor(image)
         return square_face(load_image(source), size)
 
     def world_job(self, job: dict) -> dict:
@@ -215,7 +214,7 @@ class PairGenerationSystem(LightningModule):
         source = None
         if self.hparams.world_sources:
             images = torch.from_numpy(np.stack([job["source"] for job in batch])).permute(0, 3, 1, 2)
-            images = (images.float() / 127.5 - 1.0).to(self.device, gen.vae.dtype)
+            images = pixels_to_unit(images).to(self.device, gen.vae.dtype)
             source = gen.vae.encode(images).latent_dist.mode() * gen.vae.config.scaling_factor
         canvas = gen.generate(states, noise, churn, pose, thresholds, source)
         similarity = [None] * len(batch)

@@ -22,8 +22,8 @@ from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
 from lightning.pytorch import LightningModule
 from PIL import Image, ImageDraw
 
-from portrait_edit.data.images import encode_png
-from portrait_edit.data.shard_writer import atomic_write_bytes, atomic_write_json
+from portrait_edit.atomic import atomic_write_bytes, atomic_write_json
+from portrait_edit.images import encode_png
 from portrait_edit.models.components import load_components, vae_scale_factor
 from portrait_edit.world import draw_pose, pose_keypoints, sample_pose
 

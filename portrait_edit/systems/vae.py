@@ -23,9 +23,9 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_only
 
 from portrait_edit import paths
+from portrait_edit.atomic import replace_folder
 from portrait_edit.data.keypoints import face_gaussian, face_weights
 from portrait_edit.metrics.psnr import psnr_per_image
-from portrait_edit.models.export import replace_folder
 from portrait_edit.systems.schedules import one_cycle
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,9 @@
 """The procedural portrait world (DESIGN.md section 5): deterministic cartoon head-and-shoulders
 portraits with 8 edit directions, exact targets and exact edit regions. Reading order: raster.py
 (supersampled layers), identity.py / pose.py (parameters), portrait.py (the neutral portrait),
-edits.py (the directions), render.py (images and edit regions), pairs.py / faces.py (datasets),
+edits.py (the directions of the shipped tasks, portrait_edit/tasks.py), render.py (images and edit regions), pairs.py / faces.py (datasets),
 openpose.py (pose images). docs/world.md shows a sample sheet."""
 
-from portrait_edit.world.edits import DIRECTIONS, TASKS, task_of
 from portrait_edit.world.faces import FaceSample, make_face
 from portrait_edit.world.identity import Identity, identity_from_seed, sample_identity
 from portrait_edit.world.openpose import draw_pose, draw_pose_pair
@@ -13,9 +12,7 @@ from portrait_edit.world.pose import KEYPOINT_NAMES, Pose, pose_keypoints, sampl
 from portrait_edit.world.render import edit_mask, render, render_edit
 
 __all__ = [
-    "DIRECTIONS",
     "KEYPOINT_NAMES",
-    "TASKS",
     "FaceSample",
     "Identity",
     "Pose",
@@ -33,5 +30,4 @@ __all__ = [
     "render_edit",
     "sample_identity",
     "sample_pose",
-    "task_of",
 ]

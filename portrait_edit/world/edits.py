@@ -5,6 +5,7 @@ edit region is exactly where the removed, replaced and added layers show."""
 
 from __future__ import annotations
 
+from portrait_edit.tasks import task_for_direction
 from portrait_edit.world.identity import Identity
 from portrait_edit.world.portrait import (
     DARK_LINE,
@@ -16,8 +17,6 @@ from portrait_edit.world.portrait import (
 )
 from portrait_edit.world.raster import Box, Difference, Ellipse, Intersection, Layer, Polygon, Stroke, Union
 
-DIRECTIONS = ("flower", "sheep", "santa", "royal", "angry", "shocked", "laughing", "crying")
-TASKS = {"costume": DIRECTIONS[:4], "expression": DIRECTIONS[4:]}
 CLOTHES_LAYERS = ("clothes", "collar", "neckline", "clothes_detail")
 OPEN_EYE_LAYERS = ("eye_whites", "irises", "pupils", "lids")
 # Stacking heights of added layers (portrait.Z holds the base ones): costume above the old clothes
@@ -25,14 +24,6 @@ OPEN_EYE_LAYERS = ("eye_whites", "irises", "pupils", "lids")
 ZC = {"costume": 34, "headwear": 84, "headwear_top": 86, "santa_beard": 76, "tears": 68}
 
 WHITE, RED, GOLD = (246, 246, 242), (204, 28, 40), (226, 178, 44)
-
-
-def task_of(direction: str) -> str:
-    """'costume' or 'expression' for one of DIRECTIONS; ValueError otherwise."""
-    for task, directions in TASKS.items():
-        if direction in directions:
-            return task
-    raise ValueError(f"unknown direction {direction!r}; expected one of {DIRECTIONS}")
 
 
 def _layer(name: str, z: float, frame, shape, paint) -> tuple[str, Layer]:
@@ -220,7 +211,7 @@ def apply_edit(
     """Layers of the portrait edited towards `direction` (None: unchanged)."""
     if direction is None:
         return dict(layers)
-    task = task_of(direction)
+    task = task_for_direction(direction)
     if task == "costume":
         return {"flower": _flower, "sheep": _sheep, "santa": _santa, "royal": _royal}[direction](layers, g)
     return {"angry": _angry, "shocked": _shocked, "laughing": _laughing, "crying": _crying}[direction](

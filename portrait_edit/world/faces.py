@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from portrait_edit.world.edits import TASKS
+from portrait_edit.tasks import TASKS
 from portrait_edit.world.identity import identity_from_seed
 from portrait_edit.world.pose import sample_pose
 from portrait_edit.world.render import check_size, render

@@ -12,8 +12,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from portrait_edit.data.prompts import prompts_for
-from portrait_edit.world.edits import DIRECTIONS, task_of
+from portrait_edit.tasks import DIRECTIONS, prompts_for, task_for_direction
 from portrait_edit.world.identity import Identity, identity_from_seed
 from portrait_edit.world.openpose import draw_pose
 from portrait_edit.world.pose import Pose, pose_keypoints, sample_pose
@@ -108,7 +107,7 @@ def pair_from_params(
         else render(tgt_identity, tgt_pose, direction, size)
     )
     keypoints = pose_keypoints(pose, size)
-    task = task_of(direction)
+    task = task_for_direction(direction)
     return WorldPair(
         src=src,
         tgt=tgt.copy(),
@@ -132,7 +131,7 @@ def _meta(identity, pose, tgt_identity, tgt_pose, direction, size, seed=None, ji
         "seed": seed,
         **seeds,
         "direction": direction,
-        "task": task_of(direction),
+        "task": task_for_direction(direction),
         "size": size,
         "jitter": jitter,
         "identity": identity.to_dict(),

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from portrait_edit.world.edits import DIRECTIONS, apply_edit
+from portrait_edit.tasks import DIRECTIONS
+from portrait_edit.world.edits import apply_edit
 from portrait_edit.world.identity import Identity
 from portrait_edit.world.portrait import geometry, portrait_layers
 from portrait_edit.world.pose import Pose

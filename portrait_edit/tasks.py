@@ -1,4 +1,7 @@
-"""Prompt templates of the paper's editing tasks (supplementary 1.1), loaded from data/prompts/*.json.
+"""The editing tasks: their prompt templates, directions, mask lambdas and the direction classifier's labels.
+
+The paper's two tasks (supplementary 1.1, 1.3) are costume (lambda 0.2) and expression (lambda 0.35);
+their templates are loaded from data/prompts/*.json.
 
 A task file holds:
     {"task": "costume",
@@ -8,7 +11,9 @@ A task file holds:
      "source_description": "normal costume",                   -> [Y]
      "directions": {"santa": "santa claus costume", ...}}      -> [Z] per edit direction
 The identity tokens are later spliced in right before the gender word ([X]); that happens on token
-embeddings, not here. This module knows nothing about the procedural world, so real tasks reuse it.
+embeddings, not here. This module knows nothing about the procedural world, so real tasks reuse it; the
+world draws the directions of the shipped tasks (`DIRECTIONS`), and the direction classifier reads
+`LABELS`: "source" or one of them.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from pathlib import Path
 from portrait_edit.paths import DATA_DIR
 
 PROMPT_DIR = DATA_DIR / "prompts"
+# lambda of the model-made mask per task (supplementary 1.3); a task without one uses DEFAULT_LAMBDA.
+MASK_LAMBDAS = {"costume": 0.2, "expression": 0.35}
+DEFAULT_LAMBDA = 0.2
 _PLACEHOLDERS = {
     "shared": ("{gender}",),
     "source": ("{gender}", "{source}"),
@@ -111,6 +119,23 @@ def task_for_direction(direction: str) -> str:
         known = {t: [d for d, _ in load_templates(t).directions] for t in available_tasks()}
         raise ValueError(f"direction {direction!r} must belong to exactly one task; tasks: {known}")
     return tasks[0]
+
+
+def mask_lambda(direction: str, threshold: float | None = None) -> float:
+    """lambda of an edit in `direction`: `threshold` when set, else its task's (MASK_LAMBDAS)."""
+    if threshold is not None:
+        return threshold
+    return MASK_LAMBDAS.get(task_for_direction(direction), DEFAULT_LAMBDA)
+
+
+def _shipped_directions() -> dict[str, tuple[str, ...]]:
+    return {task: tuple(name for name, _ in load_templates(task).directions) for task in available_tasks()}
+
+
+# The shipped tasks' directions, task by task (costume, then expression), and the classifier's labels.
+TASKS = _shipped_directions()
+DIRECTIONS = tuple(d for directions in TASKS.values() for d in directions)
+LABELS = ("source", *DIRECTIONS)  # label i names LABELS[i]
 
 
 def _check_gender(gender: str) -> str:

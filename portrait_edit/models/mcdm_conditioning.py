@@ -1,4 +1,5 @@
-"""The Multi-Conditioned Diffusion Model's conditions (paper §3.3, DESIGN.md §2).
+"""The Multi-Conditioned Diffusion Model's conditions (paper §3.3, DESIGN.md §2); its export (the folder a
+trained MCDM is saved as) is models/mcdm_export.py.
 
 eps_theta(z_t, t, {c_s, c_im, c_p}) with
 - spatial c_s = E(x_A) (scaled VAE latents), concatenated to z_t on the channel axis: the UNet's conv_in
@@ -16,24 +17,18 @@ CLIP tokens are computed once and cached; the adapter runs on them, so the image
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import UniPCMultistepScheduler
 from torch import nn
 
-from portrait_edit.data.shard_writer import atomic_write_bytes
 from portrait_edit.diffusion.conditions import CONDITIONS, apply_null, drop_masks
 from portrait_edit.models.clip_image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_hidden_state
 from portrait_edit.models.components import SDComponents, load_image_encoder, vae_scale_factor
 from portrait_edit.models.conditioning import Batch, TextConditioning, _freeze, scaled_latents
-from portrait_edit.models.export import replace_folder, save_module
 from portrait_edit.models.folder_model import FolderModel
-from portrait_edit.models.model_card import model_card
 from portrait_edit.models.official_adapter import KIND as OFFICIAL
 from portrait_edit.models.official_adapter import OfficialAdapterConfig, OfficialImageAdapter
 from portrait_edit.models.widen import widen_conv_in
@@ -117,7 +112,7 @@ class MCDMConditioning(TextConditioning):
         image_encoder: source of the CLIP image encoder (a hub id such as openai/clip-vit-large-patch14, a
             folder, a preset); None: the base's own `image_encoder` part (the mini world ships one).
         clip_layer: which CLIP hidden state feeds the adapter (-1: the last layer's tokens).
-        image_size, image_mean, image_std: how x_A is shown to CLIP (224 and OpenAI's statistics for
+        clip_image_size, image_mean, image_std: how x_A is shown to CLIP (224 and OpenAI's statistics for
             ViT-L/14; the mini CLIP reads 64 x 64 images with mean = std = 0.5).
         seed: seed of the adapter's initial weights.
         adapter: folder of a trained adapter (an MCDM export's image_adapter/) to start from; None: new.
@@ -138,7 +133,7 @@ class MCDMConditioning(TextConditioning):
         mlp_ratio: int = 4,
         image_encoder: str | None = None,
         clip_layer: int = -1,
-        image_size: int = 224,
+        clip_image_size: int = 224,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
         seed: int = 0,
@@ -169,7 +164,7 @@ class MCDMConditioning(TextConditioning):
         )
         self.clip_view = (
             clip_layer,
-            image_size,
+            clip_image_size,
             list(image_mean or OPENAI_CLIP_MEAN),
             list(image_std or OPENAI_CLIP_STD),
         )
@@ -333,70 +328,3 @@ class MCDMConditioning(TextConditioning):
         c_s, context = self.conditions(latent, clip, text, size, drop)
         sample = noisy_latents if c_s is None else torch.cat([noisy_latents, c_s.to(noisy_latents)], dim=1)
         return {"sample": sample, "encoder_hidden_states": context.to(noisy_latents.dtype)}
-
-
-def save_mcdm_export(
-    out: str | Path,
-    unet: nn.Module,
-    adapter: nn.Module | None,
-    conditioning: MCDMConditioning,
-    scheduler_config: dict[str, Any],
-    settings: dict[str, Any],
-    dtype: torch.dtype,
-) -> Path:
-    """Write a self-contained MCDM export, the one folder `MCDMEditor.from_pretrained` loads: `unet/`,
-    `image_adapter/`, the frozen `vae/`, `text_encoder/`, `tokenizer/`, `image_encoder/`, a UniPC
-    `scheduler/`, `mcdm.json` (how the conditions are computed, `export_schema`, plus `settings`: scales,
-    the mask's noise level, the base, where the weights came from) and a model card (README.md:
-    models/model_card.py). Each part is swapped in whole.
-
-    Args:
-        unet, adapter: the (widened) UNet and the image adapter to write (the EMA copies of a training run);
-            adapter None without the image condition.
-        conditioning: the bound conditioning whose frozen encoders and settings to write.
-        scheduler_config: the UniPC configuration (the training noise schedule).
-        settings: the rest of mcdm.json; must hold "scales".
-        dtype: dtype of every stored weight.
-    """
-    out = Path(out)
-    c = conditioning
-    modules = {"unet": unet, "vae": c._vae[0], "text_encoder": c.text_encoder}
-    if c.use_image:
-        modules |= {"image_adapter": adapter, "image_encoder": c.image_encoder}
-    for name, module in modules.items():
-        save_module(module, out / name, dtype)
-    replace_folder(out / "tokenizer", c.tokenizer.save_pretrained)
-    replace_folder(out / "scheduler", UniPCMultistepScheduler.from_config(scheduler_config).save_pretrained)
-    record = {**export_schema(c), **settings}
-    card = model_card({**record, "image_encoder_source": c.image_encoder_source})
-    atomic_write_bytes(out / "README.md", card.encode())
-    _write_settings(out, record)
-    return out
-
-
-def _write_settings(folder: Path, record: dict[str, Any]) -> None:
-    atomic_write_bytes(folder / "mcdm.json", (json.dumps(record, indent=2) + "\n").encode())
-
-
-def update_export_settings(
-    folder: str | Path, changes: dict[str, Any], drop: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """Rewrite an export's mcdm.json with `changes` set and the `drop` keys removed (the settings a later
-    step picks: tuned scales, the mask's measured range); returns the settings it replaced."""
-    folder = Path(folder)
-    old = json.loads((folder / "mcdm.json").read_text())
-    _write_settings(folder, {**{k: v for k, v in old.items() if k not in drop}, **changes})
-    return old
-
-
-def export_schema(c: MCDMConditioning) -> dict[str, Any]:
-    """How an export's conditions are computed (the keys of mcdm.json that MCDMEditor builds its
-    conditioning from): which conditions, the adapter's kind and sizes, the CLIP view and the nulls."""
-    return {
-        "use_spatial": c.use_spatial, "use_image": c.use_image, "adapter": c.adapter_kind,
-        "spatial_null": c.spatial_null,
-        "num_image_tokens": c.adapter.config.clip_tokens if c.adapter_kind == OFFICIAL else c.adapter_sizes[0],
-        "latent_pool": c.adapter_sizes[1], "mlp_ratio": c.adapter_sizes[2], "clip_layer": c.clip_view[0],
-        "image_size": c.clip_view[1], "image_mean": c.clip_view[2], "image_std": c.clip_view[3],
-        "scheduler": "UniPC", "num_inference_steps": 20,
-    }  # fmt: skip

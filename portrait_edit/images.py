@@ -1,4 +1,8 @@
-"""Robust image decoding and the array <-> tensor <-> PNG helpers every data path uses.
+"""Robust image decoding and the array <-> tensor <-> PNG helpers every layer uses.
+
+uint8 pixels <-> float images in [-1, 1] (the VAE's and every model's range) are converted here and only
+here: `pixels_to_unit` / `unit_to_pixels` on tensors of any layout, `to_tensor` / `to_uint8` between
+channel-last arrays and channel-first tensors, one image or a batch.
 
 WebDataset's built-in decoder does open -> load -> convert(mode): no EXIF transpose, alpha silently
 dropped, 16-bit images clipped (ECOSYSTEM.md §2, §7). Everything that reads an image goes through
@@ -148,24 +152,52 @@ def _to_rgb(img: Image.Image, background: tuple[int, ...]) -> Image.Image:
     return img.convert("RGB")
 
 
+def pixels_to_unit(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (or integer-valued) pixels 0..255, any layout -> float in [-1, 1], the same layout."""
+    return pixels.float() / 127.5 - 1.0
+
+
+def unit_to_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [-1, 1] (clamped), any layout -> uint8 pixels, rounded; inverse of pixels_to_unit."""
+    return ((images.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+
+
 def to_tensor(img: Image.Image | np.ndarray) -> torch.Tensor:
-    """RGB image (PIL or uint8 HxWx3 / HxW array) -> float tensor (3, H, W) in [-1, 1]."""
+    """RGB image (PIL, uint8 H x W x 3 or H x W array) -> float tensor (3, H, W) in [-1, 1]; a uint8 batch
+    (N, H, W, 3) -> (N, 3, H, W)."""
     if isinstance(img, Image.Image):
         arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    elif np.ndim(img) == 4:
+        arr = np.asarray(img)
+        if arr.dtype != np.uint8 or arr.shape[3] != 3:
+            raise ValueError(f"expected a uint8 (N, H, W, 3) batch, got {arr.dtype} {arr.shape}")
     else:
         arr = _check_uint8(img)
         if arr.ndim == 2:
             arr = np.repeat(arr[:, :, None], 3, axis=2)
-    return torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+    pixels = torch.from_numpy(np.array(arr, dtype=np.uint8))
+    return pixels_to_unit(pixels.permute(0, 3, 1, 2) if pixels.ndim == 4 else pixels.permute(2, 0, 1))
 
 
 def to_uint8(tensor: torch.Tensor) -> np.ndarray:
-    """Float tensor (3, H, W) or (1, H, W) in [-1, 1] -> uint8 array (H, W, 3) or (H, W); inverse of to_tensor."""
+    """Float tensor (3, H, W) or (1, H, W) in [-1, 1] -> uint8 array (H, W, 3) or (H, W); a batch
+    (N, 3, H, W) -> (N, H, W, 3). Inverse of to_tensor."""
+    if tensor.ndim == 4 and tensor.shape[1] == 3:
+        return unit_to_pixels(tensor).permute(0, 2, 3, 1).cpu().numpy()
     if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
-        raise ValueError(f"expected a (3, H, W) or (1, H, W) tensor, got shape {tuple(tensor.shape)}")
-    arr = ((tensor.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-    arr = arr.permute(1, 2, 0).numpy()
+        raise ValueError(f"expected a (3, H, W), (1, H, W) or (N, 3, H, W) tensor, got {tuple(tensor.shape)}")
+    arr = unit_to_pixels(tensor).cpu().permute(1, 2, 0).numpy()
     return arr[:, :, 0] if arr.shape[2] == 1 else arr
+
+
+def square_face(img: Image.Image, size: int) -> torch.Tensor:
+    """Centre-crop to a square and resize (bicubic): float (3, size, size) in [-1, 1]."""
+    side = min(img.size)
+    left, top = (img.width - side) // 2, (img.height - side) // 2
+    img = img.crop((left, top, left + side, top + side))
+    if side != size:
+        img = img.resize((size, size), Image.Resampling.BICUBIC)
+    return to_tensor(img)
 
 
 def encode_png(array: np.ndarray) -> bytes:
