@@ -16,13 +16,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_only
 
 from portrait_edit.images import pixels_to_unit, unit_to_pixels
 from portrait_edit.models.components import load_vae, vae_roundtrip
 from portrait_edit.models.direction_classifier import DirectionClassifier, DirectionClassifierConfig
-from portrait_edit.systems.schedules import one_cycle
+from portrait_edit.systems.exporting import ExportingSystem
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +69,7 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=1) == labels).float()
 
 
-class DirectionClassifierSystem(LightningModule):
+class DirectionClassifierSystem(ExportingSystem):
     """Cross-entropy training of a `DirectionClassifier`."""
 
     def __init__(
@@ -188,18 +186,6 @@ class DirectionClassifierSystem(LightningModule):
                 sync_dist=True,
             )
 
-    def configure_optimizers(self) -> dict:
-        optimizer = torch.optim.AdamW(
-            self.classifier.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        return one_cycle(
-            optimizer, self.hparams.lr, self.hparams.warmup_fraction, self.trainer.estimated_stepping_batches
-        )
-
-    def on_fit_end(self) -> None:
-        if self.hparams.export_dir is not None:
-            self._export_rank_zero(self.hparams.export_dir)
-
     def export(self, out_dir: str, fp16: bool | None = None) -> Path:
         """Write the classifier to `<out_dir>/classifier/` (config.json + model.safetensors)."""
         fp16 = self.hparams.fp16 if fp16 is None else fp16
@@ -209,6 +195,5 @@ class DirectionClassifierSystem(LightningModule):
         log.info("exported the direction classifier to %s", folder)
         return folder
 
-    @rank_zero_only
-    def _export_rank_zero(self, out_dir: str) -> None:
-        self.export(out_dir)
+    def trained_module(self) -> torch.nn.Module:
+        return self.classifier

@@ -22,13 +22,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_only
 
 from portrait_edit.data.world_images import caption_classes
 from portrait_edit.models.clip_pair import build_clip, export_clip
 from portrait_edit.models.components import MAX_TOKENS, load_tokenizer
-from portrait_edit.systems.schedules import one_cycle
+from portrait_edit.systems.exporting import ExportingSystem
 from portrait_edit.tasks import LABELS
 from portrait_edit.world.identity import GENDERS
 
@@ -108,8 +106,10 @@ def image_classes(genders: list[str], labels: torch.Tensor) -> torch.Tensor:
     return index * len(LABELS) + labels
 
 
-class CLIPSystem(LightningModule):
+class CLIPSystem(ExportingSystem):
     """Trains a two-tower CLIPModel on `image` / `caption` / `label` / `gender` batches."""
+
+    betas = (0.9, 0.98)  # CLIP's
 
     def __init__(
         self,
@@ -192,25 +192,6 @@ class CLIPSystem(LightningModule):
         )
         self.log("val/retrieval_top1", correct.mean(), prog_bar=True, batch_size=len(correct), sync_dist=True)
 
-    def configure_optimizers(self) -> dict:
-        decay = [p for n, p in self.clip.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in self.clip.named_parameters() if p.ndim < 2]  # norms, biases, logit scale
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": self.hparams.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=self.hparams.lr,
-            betas=(0.9, 0.98),
-        )
-        return one_cycle(
-            optimizer, self.hparams.lr, self.hparams.warmup_fraction, self.trainer.estimated_stepping_batches
-        )
-
-    def on_fit_end(self) -> None:
-        if self.hparams.export_dir is not None:
-            self._export_rank_zero(self.hparams.export_dir)
-
     def export(self, out_dir: str, dtype: torch.dtype | None = None) -> dict[str, Path]:
         """Write `text_encoder/` (CLIPTextModel), `image_encoder/` (CLIPVisionModelWithProjection) and
         `tokenizer/` into `out_dir` (safetensors; dtype None: float16 if the system's `fp16` is set)."""
@@ -219,6 +200,10 @@ class CLIPSystem(LightningModule):
         log.info("exported CLIP text and image encoders and the tokenizer to %s", out_dir)
         return folders
 
-    @rank_zero_only
-    def _export_rank_zero(self, out_dir: str) -> None:
-        self.export(out_dir)
+    def parameter_groups(self) -> list[dict]:
+        decay = [p for p in self.clip.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.clip.parameters() if p.ndim < 2]  # norms, biases, logit scale
+        return [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]

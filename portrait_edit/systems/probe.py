@@ -10,11 +10,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_only
 
 from portrait_edit.models.world_probe import NOSE, WorldProbe, WorldProbeConfig
-from portrait_edit.systems.schedules import one_cycle
+from portrait_edit.systems.exporting import ExportingSystem
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +60,7 @@ def median(values: torch.Tensor) -> torch.Tensor:
     return torch.quantile(values.float(), 0.5)
 
 
-class WorldProbeSystem(LightningModule):
+class WorldProbeSystem(ExportingSystem):
     """MSE training of a `WorldProbe` on normalised targets."""
 
     def __init__(
@@ -137,18 +135,6 @@ class WorldProbeSystem(LightningModule):
         self.log("val/nose_px_median", median(errors), prog_bar=True, rank_zero_only=True)
         self._val_errors = []
 
-    def configure_optimizers(self) -> dict:
-        optimizer = torch.optim.AdamW(
-            self.probe.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        return one_cycle(
-            optimizer, self.hparams.lr, self.hparams.warmup_fraction, self.trainer.estimated_stepping_batches
-        )
-
-    def on_fit_end(self) -> None:
-        if self.hparams.export_dir is not None:
-            self._export_rank_zero(self.hparams.export_dir)
-
     def export(self, out_dir: str, fp16: bool | None = None) -> Path:
         """Write the probe to `<out_dir>/probe/` (config.json + model.safetensors)."""
         fp16 = self.hparams.fp16 if fp16 is None else fp16
@@ -156,6 +142,5 @@ class WorldProbeSystem(LightningModule):
         log.info("exported the world probe to %s", folder)
         return folder
 
-    @rank_zero_only
-    def _export_rank_zero(self, out_dir: str) -> None:
-        self.export(out_dir)
+    def trained_module(self) -> torch.nn.Module:
+        return self.probe

@@ -19,14 +19,12 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
-from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_only
 
 from portrait_edit import paths
 from portrait_edit.atomic import replace_folder
 from portrait_edit.data.keypoints import face_gaussian, face_weights
 from portrait_edit.metrics.psnr import psnr_per_image
-from portrait_edit.systems.schedules import one_cycle
+from portrait_edit.systems.exporting import ExportingSystem
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +69,7 @@ def build_vae(config: str, seed: int = 0) -> AutoencoderKL:
         return AutoencoderKL.from_config(AutoencoderKL.load_config(folder))
 
 
-class VAESystem(LightningModule):
+class VAESystem(ExportingSystem):
     """Trains an AutoencoderKL on `image` batches (float (B, 3, H, W) in [-1, 1])."""
 
     def __init__(
@@ -156,21 +154,12 @@ class VAESystem(LightningModule):
             face_psnr = -10 * torch.log10(mse.clamp(min=1e-10))
             self.log("val/psnr_face", face_psnr.mean(), batch_size=images.shape[0], sync_dist=True)
 
-    def configure_optimizers(self) -> dict:
-        optimizer = torch.optim.AdamW(
-            self.vae.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        return one_cycle(
-            optimizer, self.hparams.lr, self.hparams.warmup_fraction, self.trainer.estimated_stepping_batches
-        )
-
     def on_fit_end(self) -> None:
         # Every rank measures its own batches and the sums are reduced: a collective on all ranks.
         # A run resumed at max_steps never builds its training loader: ask the datamodule.
         loader = self.trainer.train_dataloader or self.trainer.datamodule.train_dataloader()
         self.measure_scaling_factor(loader, self.hparams.scale_batches)
-        if self.hparams.export_dir is not None:
-            self._export_rank_zero(self.hparams.export_dir)
+        super().on_fit_end()
 
     @torch.no_grad()
     def measure_scaling_factor(self, loader, max_batches: int) -> float:
@@ -228,6 +217,5 @@ class VAESystem(LightningModule):
         log.info("exported the VAE to %s (scaling_factor %.5f)", target, float(self.scaling_factor))
         return target
 
-    @rank_zero_only
-    def _export_rank_zero(self, out_dir: str) -> None:
-        self.export(out_dir)
+    def trained_module(self) -> torch.nn.Module:
+        return self.vae
