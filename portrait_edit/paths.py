@@ -9,4 +9,4 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("PORTRAIT_EDIT_DATA", REPO_ROOT / "data"))
-PRESETS_DIR = Path(__file__).resolve().parent / "models" / "presets"
+PRESETS_DIR = Path(__file__).resolve().parent / "loading" / "presets"

@@ -16,15 +16,15 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_sd():
     """Every part of the `tiny` preset (seed 0), built once per session. Read-only: copy before changing."""
-    from portrait_edit.models.components import load_components
+    from portrait_edit.loading.components import load_components
 
     return load_components("tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
 def clip_tokenizer():
-    """The offline CLIP tokenizer shipped in portrait_edit/models/presets/tokenizer/."""
-    from portrait_edit.models.components import load_tokenizer
+    """The offline CLIP tokenizer shipped in portrait_edit/loading/presets/tokenizer/."""
+    from portrait_edit.loading.components import load_tokenizer
 
     return load_tokenizer("tiny")
 

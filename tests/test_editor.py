@@ -22,7 +22,7 @@ from portrait_edit.diffusion.masks import (
     prediction_difference,
     usable_range,
 )
-from portrait_edit.models.components import vae_roundtrip
+from portrait_edit.loading.components import vae_roundtrip
 from portrait_edit.models.editor import MCDMEditor
 from portrait_edit.models.mcdm_conditioning import MCDMConditioning
 from portrait_edit.systems.mcdm import SCHEDULER, MCDMSystem

@@ -6,9 +6,9 @@ import pytest
 import torch
 from tool_loader import load_tool
 
+from portrait_edit.loading.components import load_image_encoder, load_tokenizer
 from portrait_edit.metrics.image import ssim
 from portrait_edit.models.clip_pair import build_clip, export_clip
-from portrait_edit.models.components import load_image_encoder, load_tokenizer
 from portrait_edit.models.direction_classifier import DirectionClassifier, DirectionClassifierConfig
 from portrait_edit.models.identity_encoder import IdentityEncoder, IdentityEncoderConfig
 from portrait_edit.models.world_probe import WorldProbe, WorldProbeConfig

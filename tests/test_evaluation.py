@@ -10,9 +10,9 @@ from lightning.pytorch import Trainer
 from torch.testing import assert_close
 
 from portrait_edit.data.eval_pairs import EvalPairsDataModule, WorldEvalDataset, collate_eval
+from portrait_edit.loading.components import load_tokenizer
 from portrait_edit.metrics.image import ssim
 from portrait_edit.models.clip_pair import build_clip, export_clip
-from portrait_edit.models.components import load_tokenizer
 from portrait_edit.models.direction_classifier import DirectionClassifier, DirectionClassifierConfig
 from portrait_edit.models.editor import MCDMEditor
 from portrait_edit.models.mcdm_conditioning import MCDMConditioning

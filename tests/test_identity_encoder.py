@@ -126,7 +126,7 @@ def test_zero_shot_gender_picks_the_closer_prompt(tiny_sd, clip_tokenizer, tmp_p
 
 @pytest.mark.slow
 def test_sd15_scale_wiring_vit_l14_to_two_768_words():
-    from portrait_edit.models.components import load_image_encoder, load_text_encoder
+    from portrait_edit.loading.components import load_image_encoder, load_text_encoder
 
     vision = load_image_encoder("sd15", seed=0)  # random ViT-L/14 from the shipped config
     text = load_text_encoder("sd15", seed=0)

@@ -1,4 +1,4 @@
-"""The MCDM (models/mcdm.py, systems/mcdm.py) on the tiny preset: widened UNet at init, nulls, cached vs
+"""The MCDM (models/mcdm_conditioning.py, systems/mcdm.py) on the tiny preset: widened UNet at init, nulls, cached vs
 online conditions, the reconstruction swap, export, and exact resume."""
 
 import json
@@ -15,7 +15,7 @@ from lightning.pytorch import Callback
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
-from portrait_edit.models.components import load_components
+from portrait_edit.loading.components import load_components
 from portrait_edit.models.mcdm_conditioning import ImageEmbeddingAdapter, MCDMConditioning
 from portrait_edit.systems.mcdm import MCDMSystem, swapped
 from portrait_edit.tasks import DIRECTIONS

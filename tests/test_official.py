@@ -16,8 +16,8 @@ from diffusers import UNet2DConditionModel
 from torch.testing import assert_close
 from transformers import CLIPVisionModelWithProjection
 
+from portrait_edit.loading.components import load_components
 from portrait_edit.models.clip_image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_pixels
-from portrait_edit.models.components import load_components
 from portrait_edit.models.editor import MCDMEditor
 from portrait_edit.models.official import DEMO_SCALES, PAPER_SCALES
 from portrait_edit.models.official_adapter import OfficialAdapterConfig, OfficialImageAdapter

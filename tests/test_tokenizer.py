@@ -8,7 +8,7 @@ import torch
 import transformers
 from huggingface_hub import constants as hub_constants
 
-from portrait_edit.models.components import load_text_encoder, load_tokenizer
+from portrait_edit.loading.components import load_text_encoder, load_tokenizer
 from portrait_edit.paths import PRESETS_DIR
 
 BOS, EOS, CONTEXT = 49406, 49407, 77

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from portrait_edit.models.components import load_unet
+from portrait_edit.loading.components import load_unet
 from portrait_edit.models.widen import widen_conv_in
 
 

@@ -38,9 +38,9 @@ from portrait_edit.atomic import atomic_write_bytes, atomic_write_json
 from portrait_edit.data.eval_pairs import EVAL_SEED  # the evaluation's held-out stream
 from portrait_edit.data.jobs import sample_seed
 from portrait_edit.images import encode_jpeg, to_tensor, to_uint8
+from portrait_edit.loading.components import load_components, vae_roundtrip, vae_scale_factor
 from portrait_edit.metrics.image import grid_iou_ceiling, mask_iou, masked_ssim, ssim
 from portrait_edit.models.baselines import DiffEditMask
-from portrait_edit.models.components import load_components, vae_roundtrip, vae_scale_factor
 from portrait_edit.models.conditioning import TextConditioning
 from portrait_edit.models.direction_classifier import DirectionClassifier
 from portrait_edit.models.editor import MCDMEditor

@@ -34,9 +34,9 @@ from portrait_edit.atomic import atomic_write_bytes, atomic_write_json
 from portrait_edit.data.jobs import sample_seed
 from portrait_edit.data.world_images import GENDERS, caption_classes
 from portrait_edit.images import encode_png, to_tensor
+from portrait_edit.loading.components import load_image_encoder, load_text_encoder, load_tokenizer, load_vae
 from portrait_edit.metrics.psnr import psnr_per_image
 from portrait_edit.models.clip_pair import load_text_projection
-from portrait_edit.models.components import load_image_encoder, load_text_encoder, load_tokenizer, load_vae
 from portrait_edit.models.direction_classifier import DirectionClassifier
 from portrait_edit.models.world_probe import WorldProbe
 from portrait_edit.paths import DATA_DIR

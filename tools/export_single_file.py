@@ -7,7 +7,7 @@ This is the layout of the SD 1.x checkpoints that tools such as AUTOMATIC1111 an
     python tools/export_single_file.py mini out/mini.safetensors             # a preset or trained mini
     python tools/export_single_file.py path/to/diffusers_folder out/model.safetensors --dtype fp16
 
-Load it back with portrait_edit.models.components (`load_unet("out/model.safetensors",
+Load it back with portrait_edit.loading.components (`load_unet("out/model.safetensors",
 single_file_config=<the diffusers folder or preset it came from>)`).
 """
 
@@ -182,7 +182,7 @@ def export_single_file(
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from portrait_edit.models.components import load_text_encoder, load_unet, load_vae
+    from portrait_edit.loading.components import load_text_encoder, load_unet, load_vae
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", help="preset name, local diffusers folder or hub id of the base model")

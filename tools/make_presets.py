@@ -1,4 +1,4 @@
-"""Write the preset configs and the offline CLIP tokenizer into portrait_edit/models/presets/.
+"""Write the preset configs and the offline CLIP tokenizer into portrait_edit/loading/presets/.
 
 Re-runnable; the output is deterministic, so a rerun on an unchanged tree leaves git clean.
 
@@ -33,7 +33,7 @@ from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from open_clip.tokenizer import SimpleTokenizer
 from transformers import CLIPTextConfig, CLIPVisionConfig
 
-PRESETS_DIR = Path(__file__).resolve().parents[1] / "portrait_edit" / "models" / "presets"
+from portrait_edit.paths import PRESETS_DIR
 
 # CLIP special tokens: the open_clip BPE calls them <start_of_text>/<end_of_text>; transformers and every SD
 # checkpoint use the OpenAI names below. Ids 49406/49407 are the same in both.
@@ -249,7 +249,7 @@ def write_presets(root: Path) -> None:
     """Write every preset's component configs and the shared tokenizer under `root`.
 
     Args:
-        root: the presets folder (normally portrait_edit/models/presets).
+        root: the presets folder (normally portrait_edit/loading/presets).
     """
     write_tokenizer(root / "tokenizer")
     for preset, components in PRESETS.items():

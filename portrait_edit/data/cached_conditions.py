@@ -23,7 +23,7 @@ import torch
 from portrait_edit.atomic import atomic_write_json, file_sha256
 from portrait_edit.data.shard_pipeline import read_shard_samples, resolve_shards, write_shard_samples
 from portrait_edit.images import decode_image, to_tensor
-from portrait_edit.models.components import load_components
+from portrait_edit.loading.components import load_components
 from portrait_edit.models.mcdm_conditioning import MCDMConditioning
 
 FIELDS = ("tgt.latent.npy", "src.latent.npy", "src.clip.npy")

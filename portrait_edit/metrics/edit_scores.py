@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from portrait_edit.loading.components import load_image_encoder
 from portrait_edit.metrics.image import (
     InceptionFeatures,
     LPIPSMetric,
@@ -28,7 +29,6 @@ from portrait_edit.metrics.image import (
 )
 from portrait_edit.metrics.psnr import psnr_per_image
 from portrait_edit.models.clip_image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_pixels
-from portrait_edit.models.components import load_image_encoder
 from portrait_edit.models.direction_classifier import DirectionClassifier
 from portrait_edit.models.identity_encoder import IdentityEncoder, encode_identity
 

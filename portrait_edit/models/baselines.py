@@ -30,7 +30,7 @@ from diffusers import (
 from torch import nn
 
 from portrait_edit.diffusion.masks import normalise, prediction_difference
-from portrait_edit.models.components import SDComponents
+from portrait_edit.loading.components import SDComponents
 from portrait_edit.models.conditioning import scaled_latents
 
 PARTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")  # what the baselines load from a base

@@ -23,8 +23,8 @@ import torch
 from diffusers import ControlNetModel
 from torch import nn
 
-from portrait_edit.models.components import SDComponents
-from portrait_edit.models.parts import load_model
+from portrait_edit.loading.components import SDComponents
+from portrait_edit.loading.networks import load_model
 
 Batch = dict[str, Any]
 

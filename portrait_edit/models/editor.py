@@ -27,7 +27,7 @@ from portrait_edit.diffusion.masks import (
     edit_mask,
     usable_range,
 )
-from portrait_edit.models.components import load_components
+from portrait_edit.loading.components import load_components
 from portrait_edit.models.mcdm_conditioning import MCDMConditioning
 from portrait_edit.models.mcdm_export import MCDMExportSettings
 

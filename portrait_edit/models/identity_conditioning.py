@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from portrait_edit.loading.components import SDComponents, load_image_encoder
+from portrait_edit.loading.networks import load_model
 from portrait_edit.models.clip_image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from portrait_edit.models.components import SDComponents, load_image_encoder
 from portrait_edit.models.conditioning import Batch, TextConditioning, _freeze, pose_residuals
 from portrait_edit.models.identity_encoder import IdentityEncoder, IdentityEncoderConfig, encode_identity
-from portrait_edit.models.parts import load_model
 from portrait_edit.models.token_splice import GENDER_WORDS, encode_prompts_with_identity
 
 

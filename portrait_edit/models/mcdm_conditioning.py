@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from portrait_edit.diffusion.conditions import CONDITIONS, apply_null, drop_masks
+from portrait_edit.loading.components import SDComponents, load_image_encoder, vae_scale_factor
 from portrait_edit.models.clip_image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_hidden_state
-from portrait_edit.models.components import SDComponents, load_image_encoder, vae_scale_factor
 from portrait_edit.models.conditioning import Batch, TextConditioning, _freeze, scaled_latents
 from portrait_edit.models.folder_model import FolderModel
 from portrait_edit.models.official_adapter import KIND as OFFICIAL

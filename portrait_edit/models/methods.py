@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from portrait_edit.diffusion.conditions import check_scales
+from portrait_edit.loading.components import load_components
 from portrait_edit.models.baselines import PARTS, BaselineEdit, DiffEdit, SDEdit
-from portrait_edit.models.components import load_components
 from portrait_edit.models.editor import MCDMEditor
 from portrait_edit.tasks import mask_lambda
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from portrait_edit.models.components import load_components, load_scheduler
+from portrait_edit.loading.components import load_components, load_scheduler
+from portrait_edit.loading.networks import load_differences
 from portrait_edit.models.mcdm_conditioning import MCDMConditioning
 from portrait_edit.models.mcdm_export import MCDMExportSettings, save_mcdm_export
 from portrait_edit.models.official_adapter import KIND, OfficialAdapterConfig
-from portrait_edit.models.parts import load_differences
 
 RELEASE_REPO = "ByteDance/feature-preserve-portrait-editing"
 RELEASED = ("outfit", "cartoon")  # portrait_editing_models/<name>/checkpoint-200000

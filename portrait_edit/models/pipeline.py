@@ -26,7 +26,7 @@ from diffusers.utils import BaseOutput
 from PIL import Image
 
 from portrait_edit.images import load_image, square_face, to_uint8
-from portrait_edit.models.components import SDComponents
+from portrait_edit.loading.components import SDComponents
 from portrait_edit.models.editor import MCDMEditor
 from portrait_edit.models.mcdm_export import MCDMExportSettings, save_mcdm_export
 from portrait_edit.tasks import mask_lambda, prompts_for

@@ -15,11 +15,11 @@ from torch import nn
 from transformers import CLIPModel, CLIPVisionModelWithProjection
 
 from portrait_edit import paths
+from portrait_edit.loading.clip_tokenizer import CLIPPromptTokenizer
+from portrait_edit.loading.components import load_image_encoder, load_text_encoder, load_tokenizer
+from portrait_edit.loading.sources import resolve_source
 from portrait_edit.models.clip_image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_pixels
 from portrait_edit.models.clip_pair import load_text_projection
-from portrait_edit.models.clip_tokenizer import CLIPPromptTokenizer
-from portrait_edit.models.components import load_image_encoder, load_text_encoder, load_tokenizer
-from portrait_edit.models.sources import resolve_source
 from portrait_edit.models.token_splice import GENDER_WORDS
 
 

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from portrait_edit.data.world_images import caption_classes
+from portrait_edit.loading.components import MAX_TOKENS, load_tokenizer
 from portrait_edit.models.clip_pair import build_clip, export_clip
-from portrait_edit.models.components import MAX_TOKENS, load_tokenizer
 from portrait_edit.systems.exporting import ExportingSystem
 from portrait_edit.tasks import LABELS
 from portrait_edit.world.identity import GENDERS

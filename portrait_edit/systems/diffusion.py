@@ -34,7 +34,7 @@ from portrait_edit.diffusion.noise import (
     sample_timesteps,
     scaled_linear_betas,
 )
-from portrait_edit.models.components import load_components
+from portrait_edit.loading.components import load_components
 from portrait_edit.models.conditioning import Conditioning, TextConditioning, scaled_latents
 from portrait_edit.models.ema import ema_copy
 from portrait_edit.models.export import save_module
@@ -56,7 +56,7 @@ class DiffusionSystem(LightningModule):
 
     Args:
         base: source of the VAE, UNet, text encoder and tokenizer (a preset such as `mini`, a local
-            diffusers folder, a single SD checkpoint or a hub id; see models/parts.py).
+            diffusers folder, a single SD checkpoint or a hub id; see loading/networks.py).
         vae: another source of the VAE (None: the base's; RealisticVision's noVAE repo is meant to be used
             with `stabilityai/sd-vae-ft-mse`).
         single_file_config: when `base` is a single SD checkpoint, the preset or local diffusers folder giving

@@ -24,10 +24,10 @@ from portrait_edit.data.jobs import sample_seed
 from portrait_edit.data.pair_jobs import WORLD
 from portrait_edit.data.pose_bank import PoseBank
 from portrait_edit.images import load_image, pixels_to_unit, square_face, to_tensor, to_uint8
-from portrait_edit.models.components import load_components, vae_scale_factor
+from portrait_edit.loading.components import load_components, vae_scale_factor
+from portrait_edit.loading.sources import resolve_source
 from portrait_edit.models.identity_encoder import IdentityEncoder
 from portrait_edit.models.pair_generator import PairGenerator
-from portrait_edit.models.sources import resolve_source
 from portrait_edit.world import draw_pose_pair, make_face, make_pair
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

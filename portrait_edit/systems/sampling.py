@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from portrait_edit.atomic import atomic_write_bytes, atomic_write_json
 from portrait_edit.images import encode_png
-from portrait_edit.models.components import load_components, vae_scale_factor
+from portrait_edit.loading.components import load_components, vae_scale_factor
 from portrait_edit.world import draw_pose, pose_keypoints, sample_pose
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

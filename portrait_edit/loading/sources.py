@@ -1,7 +1,7 @@
 """Where a model source string points: a preset, a single SD checkpoint, a local folder or a hub id.
 
-Shared by the part loaders in `parts.py` and the tokenizer and scheduler loaders in `components.py` (the
-rules are in the docstring of `parts.py`).
+Shared by the part loaders in `networks.py` and the tokenizer and scheduler loaders in `components.py` (the
+rules are in the docstring of `networks.py`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ ControlNet) from a preset, a local diffusers folder, a single SD checkpoint or a
 
 Source resolution (`sources.resolve_source`), the same for every part and for the tokenizer and scheduler
 loaders in `components.py`:
-1. a preset name (`tiny`, `mini`, `sd15`: folders under portrait_edit/models/presets/) -> random weights
+1. a preset name (`tiny`, `mini`, `sd15`: folders under portrait_edit/loading/presets/) -> random weights
    built from the shipped config, seeded (`mini` loads the shipped weights from DATA_DIR/mini/ when present);
 2. an existing `.safetensors` / `.ckpt` file -> an original-layout (LDM) SD checkpoint, read with a LOCAL
    diffusers config (`single_file_config`, default the `sd15` preset), so nothing is ever fetched;
@@ -26,7 +26,7 @@ from diffusers.utils import is_accelerate_available
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from portrait_edit import paths
-from portrait_edit.models.sources import (
+from portrait_edit.loading.sources import (
     config_root,
     from_hub,
     locate,

@@ -1,6 +1,6 @@
 """The typed loaders of a Stable Diffusion model's parts and the bundle of them (`load_components`).
 
-The neural parts go through `parts.load_model`, whose docstring gives the source rules (preset, single SD
+The neural parts go through `networks.load_model`, whose docstring gives the source rules (preset, single SD
 checkpoint, local folder, hub id); the tokenizer and the scheduler follow the same rules here.
 """
 
@@ -17,9 +17,9 @@ from diffusers import AutoencoderKL, ControlNetModel, SchedulerMixin, UNet2DCond
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from portrait_edit import paths
-from portrait_edit.models.clip_tokenizer import CLIPPromptTokenizer
-from portrait_edit.models.parts import MODEL_PARTS, load_model
-from portrait_edit.models.sources import config_root, from_hub, locate, offline, resolve_source
+from portrait_edit.loading.clip_tokenizer import CLIPPromptTokenizer
+from portrait_edit.loading.networks import MODEL_PARTS, load_model
+from portrait_edit.loading.sources import config_root, from_hub, locate, offline, resolve_source
 
 logger = logging.getLogger(__name__)
 
