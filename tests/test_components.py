@@ -13,9 +13,9 @@ from tool_loader import load_tool
 from transformers import CLIPTextModel, CLIPVisionModelWithProjection
 
 from portrait_edit import paths
-from portrait_edit.loading.sources import preset_names
 from portrait_edit.loading import components as C
 from portrait_edit.loading import networks as P
+from portrait_edit.loading.sources import preset_names
 
 MODEL_PARTS = ("vae", "unet", "text_encoder", "image_encoder", "controlnet")
 

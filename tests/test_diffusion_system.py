@@ -170,7 +170,7 @@ def test_face_weighted_loss_is_the_weighted_mean_of_the_same_errors(batch):
         plain = system.denoising_loss(batch, latents, noise, timesteps, None, None)
     assert_close(plain, errors[1].mean())
     # By hand: the keypoints' face Gaussian on the 16 x 16 latent grid (a 2x coarser copy of the image's).
-    from portrait_edit.data.keypoints import face_gaussian
+    from portrait_edit.diffusion.face_weights import face_gaussian
 
     keypoints = batch["keypoints"].clone()
     keypoints[..., :2] /= 2

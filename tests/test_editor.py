@@ -12,9 +12,9 @@ from diffusers import DDIMScheduler, StableDiffusionInstructPix2PixPipeline
 from torch.testing import assert_close
 from torchvision.transforms.v2 import functional as TF
 
+from portrait_edit.blur import blur_maps
 from portrait_edit.diffusion.conditions import multi_guidance
 from portrait_edit.diffusion.masks import (
-    blur,
     combine,
     cut_mask,
     edit_mask,
@@ -48,7 +48,7 @@ def test_prediction_difference_by_hand():
 def test_blur_is_torchvisions_gaussian_blur_kernel_5():
     maps = torch.rand(3, 12, 9, generator=torch.Generator().manual_seed(0))
     expected = TF.gaussian_blur(maps[:, None], kernel_size=[5, 5])[:, 0]  # sigma 1.1, reflect padding
-    assert_close(blur(maps, 5), expected, rtol=1e-5, atol=1e-6)
+    assert_close(blur_maps(maps, 5), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_eq3_and_threshold_by_hand():

@@ -19,9 +19,9 @@ from portrait_edit.data.jobs import sample_key, sample_seed
 from portrait_edit.data.shard_pipeline import iter_samples, resolve_shards
 from portrait_edit.data.world_faces import render_faces
 from portrait_edit.images import encode_png, to_uint8
+from portrait_edit.loading import components as C
 from portrait_edit.metrics.identity import identity_retrieval_top1
 from portrait_edit.metrics.image import mask_iou, ssim
-from portrait_edit.loading import components as C
 from portrait_edit.models.direction_classifier import DirectionClassifier
 from portrait_edit.models.editor import MCDMEditor
 from portrait_edit.models.identity_encoder import IdentityEncoder, clip_tokens, encode_identity

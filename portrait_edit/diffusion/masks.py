@@ -11,7 +11,8 @@ All functions are pure tensor maths.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from portrait_edit.blur import blur_maps
 
 # Where the mask is read: E(x_A) noised to this share of the sampling timesteps (0.5 of 20: the 10th).
 MASK_AT = 0.5
@@ -43,33 +44,12 @@ def normalise(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return (maps - low[:, None, None]) / (high - low).clamp(min=eps)[:, None, None]
 
 
-def gaussian_kernel1d(kernel_size: int, sigma: float | None = None) -> torch.Tensor:
-    """Normalised 1-D Gaussian taps; sigma None: torchvision's default for the size,
-    0.3 * ((kernel_size - 1) * 0.5 - 1) + 0.8 (1.1 for kernel 5)."""
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
-    sigma = 0.3 * ((kernel_size - 1) * 0.5 - 1) + 0.8 if sigma is None else sigma
-    x = torch.arange(kernel_size, dtype=torch.float32) - (kernel_size - 1) / 2
-    taps = torch.exp(-(x**2) / (2 * sigma**2))
-    return taps / taps.sum()
-
-
-def blur(maps: torch.Tensor, kernel_size: int = 5, sigma: float | None = None) -> torch.Tensor:
-    """Separable Gaussian blur of maps (B, h, w), reflect padding (torchvision's gaussian_blur)."""
-    taps = gaussian_kernel1d(kernel_size, sigma).to(maps)
-    pad = kernel_size // 2
-    x = F.pad(maps[:, None], (pad, pad, pad, pad), mode="reflect")
-    x = F.conv2d(x, taps[None, None, None, :])
-    x = F.conv2d(x, taps[None, None, :, None])
-    return x[:, 0]
-
-
 def cut_mask(
     difference: torch.Tensor, threshold: float | torch.Tensor, kernel_size: int = 5
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """M = blur(normalise(difference)) > threshold and the soft map, both float (B, h, w) (M in {0, 1});
+    """M = blur_maps(normalise(difference)) > threshold and the soft map, both float (B, h, w) (M in {0, 1});
     threshold: one lambda, or one per row (B,)."""
-    soft = blur(normalise(difference.float()), kernel_size)
+    soft = blur_maps(normalise(difference.float()), kernel_size)
     lam = torch.as_tensor(threshold, dtype=soft.dtype, device=soft.device)
     return (soft > (lam[:, None, None] if lam.ndim else lam)).float(), soft
 

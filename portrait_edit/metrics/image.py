@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from scipy import linalg
 
+from portrait_edit.blur import gaussian_kernel1d
 from portrait_edit.images import to_uint8
 
 
@@ -43,9 +44,7 @@ def ssim_map(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     size = 2 * SSIM_RADIUS + 1
     if h < size or w < size:
         raise ValueError(f"SSIM needs images of at least {size} x {size} pixels; got {h} x {w}")
-    taps = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=torch.float64)
-    g = torch.exp(-(taps**2) / (2 * SSIM_SIGMA**2))
-    g = (g / g.sum()).to(x.device)
+    g = gaussian_kernel1d(size, SSIM_SIGMA, torch.float64).to(x.device)
 
     def blur(z: torch.Tensor) -> torch.Tensor:  # separable Gaussian, "valid" (no padding)
         z = z.reshape(b * c, 1, *z.shape[-2:])

@@ -17,28 +17,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from portrait_edit.blur import gaussian_blur
 from portrait_edit.images import pixels_to_unit, unit_to_pixels
 from portrait_edit.loading.components import load_vae, vae_roundtrip
 from portrait_edit.models.direction_classifier import DirectionClassifier, DirectionClassifierConfig
 from portrait_edit.systems.exporting import ExportingSystem
 
 log = logging.getLogger(__name__)
-
-
-def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Each image (B, C, H, W) blurred by a separable Gaussian of its own width sigma (B,) in pixels
-    (kernel radius ceil(3 max sigma), reflect padding; sigma 0 leaves an image unchanged)."""
-    batch, channels, height, width = images.shape
-    radius = max(1, int(torch.ceil(3 * sigma.max()).item()))
-    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    safe = sigma.to(images).clamp(min=1e-6)[:, None]
-    kernel = torch.exp(-(offsets[None] ** 2) / (2 * safe**2))
-    kernel = kernel / kernel.sum(dim=1, keepdim=True)  # (B, K); sigma -> 0 gives the identity kernel
-    kernel = kernel.repeat_interleave(channels, dim=0)  # one row per (image, channel)
-    x = F.pad(images.reshape(1, batch * channels, height, width), (radius,) * 4, mode="reflect")
-    x = F.conv2d(x, kernel[:, None, None, :], groups=batch * channels)  # along the width
-    x = F.conv2d(x, kernel[:, None, :, None], groups=batch * channels)  # along the height
-    return x.reshape(batch, channels, height, width)
 
 
 def degrade(

@@ -21,7 +21,7 @@ from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_only
 from torch import nn
 
-from portrait_edit.data.keypoints import face_weights
+from portrait_edit.diffusion.face_weights import face_weights
 from portrait_edit.diffusion.noise import (
     add_noise,
     alphas_cumprod_from_betas,

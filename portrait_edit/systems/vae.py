@@ -22,7 +22,7 @@ from diffusers import AutoencoderKL
 
 from portrait_edit import paths
 from portrait_edit.atomic import replace_folder
-from portrait_edit.data.keypoints import face_gaussian, face_weights
+from portrait_edit.diffusion.face_weights import face_gaussian, face_weights
 from portrait_edit.metrics.psnr import psnr_per_image
 from portrait_edit.systems.exporting import ExportingSystem
 
