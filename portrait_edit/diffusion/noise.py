@@ -2,7 +2,7 @@
 
 Stable Diffusion 1.x trains with the "scaled_linear" schedule: sqrt(beta) is linear in t from
 sqrt(0.00085) to sqrt(0.012) over T = 1000 steps, and the UNet predicts the added noise (epsilon).
-`tests/test_noise.py` checks these against diffusers' DDPMScheduler.
+`tests/unit/test_noise.py` checks these against diffusers' DDPMScheduler.
 
 Randomness is always drawn from an explicit CPU `torch.Generator` and then moved to the target device, so a
 run draws the same numbers on CPU and GPU, and each rank can own its own stream (`rank_generator`).

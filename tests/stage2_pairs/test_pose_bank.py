@@ -13,7 +13,7 @@ from controlnet_aux.open_pose.body import BodyResult, Keypoint
 from portrait_edit.data.pose_bank import PoseBank, world_pose_bank
 from portrait_edit.world import pose_keypoints, sample_pose
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 from make_pose_bank import keypoints_of  # noqa: E402
 

@@ -16,7 +16,7 @@ from PIL import Image
 from portrait_edit.cli import PortraitCLI
 from portrait_edit.models.pipeline import PortraitEditPipeline
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DIRECTIONS = ["santa", "angry"]
 STEPS = 4
 

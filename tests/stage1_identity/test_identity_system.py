@@ -19,7 +19,7 @@ from portrait_edit.models.identity_conditioning import IdentityConditioning
 from portrait_edit.systems.identity import IdentityEncoderSystem
 from portrait_edit.world import Pose, draw_pose, make_face, pose_keypoints
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_conditioning(**kw):

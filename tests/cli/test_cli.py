@@ -9,7 +9,7 @@ import torch
 from portrait_edit.cli import PortraitCLI, checkpoint_differences
 from portrait_edit.data.shard_reader import iter_samples, resolve_shards
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_help_lists_the_four_subcommands():

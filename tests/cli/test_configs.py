@@ -14,7 +14,7 @@ import yaml
 
 from portrait_edit.cli import main
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PIECE_DIRS = {"trainer", "logger", "ablations", "demo", "bases"}
 STAGES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in PIECE_DIRS)
 PIECES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name in PIECE_DIRS)

@@ -318,7 +318,7 @@ def test_fit_configs_run_end_to_end_on_the_tiny_preset(stage, tmp_path):
     """`fit --config configs/mini/<stage>.yaml` on 6 world pairs, tiny models, 2 steps, then the export."""
     from portrait_edit.cli import PortraitCLI
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     part = "unet" if stage == "base_unet" else "controlnet"
     shards = tmp_path / "pairs"
     PortraitCLI(

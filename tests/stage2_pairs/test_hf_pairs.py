@@ -20,7 +20,7 @@ from portrait_edit.data.shard_reader import PairShardsDataModule
 from portrait_edit.models.mcdm_conditioning import MCDMConditioning
 from portrait_edit.systems.mcdm import MCDMSystem
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tool(*args):

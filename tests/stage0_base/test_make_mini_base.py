@@ -4,7 +4,7 @@ outdates the stages trained on it."""
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import make_mini_base  # noqa: E402
 from make_mini_base import (  # noqa: E402
     finish_wandb_run,

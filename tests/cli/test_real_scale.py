@@ -30,7 +30,7 @@ from PIL import Image
 
 from portrait_edit.data.shard_pipeline import read_shard_samples, resolve_shards
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from test_run_dir import costume_fit
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def wait_for(condition, what: str, timeout: float = 120.0) -> None:

@@ -24,7 +24,7 @@ from portrait_edit.models.official_adapter import OfficialAdapterConfig, Officia
 from portrait_edit.models.widen import widen_conv_in
 from portrait_edit.world import make_pair
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SIZE = 64  # tiny base: VAE x2 -> 32 x 32 latents, as SD's 64 x 64 at 512 px
 
 

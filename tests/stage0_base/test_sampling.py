@@ -12,7 +12,7 @@ from portrait_edit.cli import PortraitCLI
 from portrait_edit.data.prompt_jobs import PromptJobsDataModule, world_captions
 from portrait_edit.systems.sampling import LABEL_WIDTH, contact_sheet
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["a man, normal costume", "a woman, santa claus costume"]
 SIZE = 32
 

@@ -14,7 +14,7 @@ import torch
 from portrait_edit.cli import PortraitCLI, main
 from portrait_edit.run_dir import WANDB_ID_FILE, wandb_run_id
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def costume_fit(run: Path, shards: Path, steps: int, *extra: str) -> list[str]:

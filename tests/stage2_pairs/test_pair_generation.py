@@ -170,7 +170,7 @@ def test_jobs_come_from_the_global_index(assets):
 def generate_with_cli(assets, out, devices):
     from portrait_edit.cli import PortraitCLI
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     PortraitCLI(
         args=[
             "predict",

@@ -21,14 +21,14 @@ from portrait_edit.data.world_pairs import WorldPairsDataModule
 from portrait_edit.systems.mcdm import MCDMSystem
 from portrait_edit.systems.world_pairs import WorldPairsSystem
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import cache_conditions  # noqa: E402
 
 from portrait_edit.cli import resolve_config  # noqa: E402
 from portrait_edit.data.cached_conditions import check_cached_conditions, conditioning_from_model  # noqa: E402
 from portrait_edit.models.mcdm_conditioning import MCDMConditioning  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 QUIET = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
 TINY = {"clip_image_size": 32, "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "num_image_tokens": 3}
