@@ -52,8 +52,7 @@ demo: install
 	for m in shipped:data/mini/mcdm finetuned:$(DEMO)/mcdm; do \
 	  $(PY) -m portrait_edit predict --config configs/mini/edit.yaml --model.init_args.model=$${m#*:} \
 	    --trainer.callbacks.init_args.output_dir=$(DEMO)/edits/$${m%%:*} --trainer.default_root_dir=$(DEMO)/edit_run \
-	    --data.init_args.root=$(DEMO)/inputs --data.init_args.genders=$(DEMO)/inputs/genders.json \
-	    --data.init_args.output_dir=$(DEMO)/edits/$${m%%:*} || exit 1; \
+	    --data.init_args.root=$(DEMO)/inputs --data.init_args.genders=$(DEMO)/inputs/genders.json || exit 1; \
 	done
 	@$(call STAMP_STAGE,evaluation)
 	@echo "[5/6] evaluation table (stage 5) -> $(DEMO)/eval"

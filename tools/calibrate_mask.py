@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from portrait_edit.data.eval_pairs import TUNE_SEED, WORLD, EvalPairsDataModule
+from portrait_edit.data.eval_pairs import WORLD, EvalPairsDataModule
+from portrait_edit.evaluation.held_out import TUNE_SEED
 from portrait_edit.models.editor import MCDMEditor
 from portrait_edit.models.mcdm_export import MCDMExportSettings
 

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from portrait_edit.atomic import atomic_write_bytes
-from portrait_edit.metrics.report import COLUMNS, format_cell, inline_png, shown_columns
+from portrait_edit.evaluation.report import COLUMNS, format_cell, inline_png, shown_columns
 
 STYLE = (
     "body{font-family:sans-serif;margin:24px;color:#222}"

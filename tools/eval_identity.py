@@ -31,13 +31,13 @@ import torch
 from portrait_edit.atomic import atomic_write_bytes, atomic_write_json
 from portrait_edit.data.jobs import sample_seed
 from portrait_edit.data.world_faces import render_faces
+from portrait_edit.evaluation.world_probe import WorldProbe
 from portrait_edit.images import encode_png, to_tensor, to_uint8
 from portrait_edit.loading.components import load_image_encoder
 from portrait_edit.metrics.identity import identity_retrieval_top1
 from portrait_edit.models.clip_image import clip_pixels
 from portrait_edit.models.identity_encoder import IdentityEncoder, clip_tokens, encode_identity
 from portrait_edit.models.token_splice import encode_prompts_with_identity
-from portrait_edit.models.world_probe import WorldProbe
 from portrait_edit.paths import DATA_DIR
 from portrait_edit.systems.sampling import SamplingSystem
 from portrait_edit.world.describe import describe_identity

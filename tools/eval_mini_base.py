@@ -33,19 +33,18 @@ import torch
 from portrait_edit.atomic import atomic_write_bytes, atomic_write_json
 from portrait_edit.data.jobs import sample_seed
 from portrait_edit.data.world_images import GENDERS, caption_classes
+from portrait_edit.evaluation.direction_classifier import DirectionClassifier
+from portrait_edit.evaluation.held_out import BASE_EVAL_SEED as EVAL_SEED
+from portrait_edit.evaluation.held_out import held_out_pair
+from portrait_edit.evaluation.world_probe import WorldProbe
 from portrait_edit.images import encode_png, to_tensor
 from portrait_edit.loading.components import load_image_encoder, load_text_encoder, load_tokenizer, load_vae
 from portrait_edit.metrics.psnr import psnr_per_image
 from portrait_edit.models.clip_pair import load_text_projection
-from portrait_edit.models.direction_classifier import DirectionClassifier
-from portrait_edit.models.world_probe import WorldProbe
 from portrait_edit.paths import DATA_DIR
 from portrait_edit.systems.clip import image_classes, retrieval_top1
 from portrait_edit.systems.sampling import SamplingSystem, contact_sheet
 from portrait_edit.tasks import DIRECTIONS, LABELS, caption, task_for_direction
-from portrait_edit.world import make_pair
-
-EVAL_SEED = 20_26_11  # held-out stream: the training pairs use seed 1, the demo's world pairs seed 0
 
 
 def held_out(pairs: int, size: int = 64) -> dict[str, torch.Tensor | list[str]]:
@@ -54,7 +53,7 @@ def held_out(pairs: int, size: int = 64) -> dict[str, torch.Tensor | list[str]]:
     images, labels, genders = [], [], []
     for i in range(pairs):
         direction = DIRECTIONS[i % len(DIRECTIONS)]
-        pair = make_pair(sample_seed(EVAL_SEED, i), direction, size=size)
+        pair = held_out_pair(i, direction, size, EVAL_SEED)
         images += [pair.src, pair.gt]
         labels += [0, 1 + DIRECTIONS.index(direction)]
         genders += [pair.gender, pair.gender]

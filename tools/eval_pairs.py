@@ -35,12 +35,12 @@ import torch
 from portrait_edit.atomic import atomic_write_bytes, atomic_write_json
 from portrait_edit.data.pair_jobs import WORLD
 from portrait_edit.data.shard_pipeline import iter_samples, resolve_shards
+from portrait_edit.evaluation.direction_classifier import DirectionClassifier
+from portrait_edit.evaluation.world_probe import WorldProbe
 from portrait_edit.images import encode_jpeg, to_tensor, to_uint8
 from portrait_edit.loading.components import load_image_encoder
 from portrait_edit.metrics.image import ssim
-from portrait_edit.models.direction_classifier import DirectionClassifier
 from portrait_edit.models.identity_encoder import IdentityEncoder, encode_identity
-from portrait_edit.models.world_probe import WorldProbe
 from portrait_edit.paths import DATA_DIR
 from portrait_edit.tasks import LABELS
 from portrait_edit.world import make_pair

@@ -44,9 +44,9 @@ from tqdm import tqdm
 from portrait_edit.atomic import atomic_write_json
 from portrait_edit.data.shard_pipeline import read_shard_samples, resolve_shards
 from portrait_edit.data.shard_writer import ShardWriter, completed_shards
+from portrait_edit.evaluation.direction_classifier import DirectionClassifier
 from portrait_edit.images import decode_image, to_tensor
 from portrait_edit.metrics.image import ssim
-from portrait_edit.models.direction_classifier import DirectionClassifier
 
 CRITERIA = ("identity", "ssim")
 FILTER_FILE = "filter.json"

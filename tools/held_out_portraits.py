@@ -2,7 +2,7 @@
 
     python tools/held_out_portraits.py --out outputs/demo/inputs --count 8
 
-Portrait k is the input x_A of the evaluation stream's k-th item (data/eval_pairs.py, EVAL_SEED: no
+Portrait k is the input x_A of the evaluation stream's k-th item (evaluation/held_out.py, EVAL_SEED: no
 training stage draws from it), written as <out>/heldout-<k>.png, with <out>/genders.json
 ({name: "man" / "woman"}, the world's own gender, for the prompts) beside them.
 """
@@ -14,11 +14,9 @@ import sys
 from pathlib import Path
 
 from portrait_edit.atomic import atomic_write_bytes, atomic_write_json
-from portrait_edit.data.eval_pairs import EVAL_SEED
-from portrait_edit.data.jobs import sample_seed
+from portrait_edit.evaluation.held_out import held_out_pair
 from portrait_edit.images import encode_png
 from portrait_edit.tasks import DIRECTIONS
-from portrait_edit.world import make_pair
 
 
 def write_portraits(out: str | Path, count: int, size: int = 64) -> Path:
@@ -30,7 +28,7 @@ def write_portraits(out: str | Path, count: int, size: int = 64) -> Path:
     genders = {}
     for k in range(count):
         # The source does not depend on the direction: any direction's pair carries the same x_A.
-        pair = make_pair(sample_seed(EVAL_SEED, k), DIRECTIONS[0], size=size)
+        pair = held_out_pair(k, DIRECTIONS[0], size)
         name = f"heldout-{k:03d}"
         atomic_write_bytes(out / f"{name}.png", encode_png(pair.src))
         genders[name] = pair.gender

@@ -38,7 +38,6 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,6 +49,7 @@ from portrait_edit import run_dir
 from portrait_edit.atomic import atomic_write_json
 from portrait_edit.cli import PortraitCLI
 from portrait_edit.paths import DATA_DIR, PRESETS_DIR, REPO_ROOT
+from portrait_edit.revision import git_revision
 
 STAGES = (
     ("pairs", "predict", "configs/mini/base_pairs.yaml"),
@@ -75,24 +75,6 @@ USES = {
     "generate_val": ("vae", "clip", "unet", "controlnet", "identity"),
     "mcdm": ("vae", "clip", "unet", "generate"),  # the validation pairs only feed val/ logs, not the weights
 }  # fmt: skip
-
-
-def git_revision() -> str:
-    """HEAD's commit, with `+dirty` when the work tree has uncommitted changes outside data/mini (the
-    weights this tool writes there are not a change of the code that made them)."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", ".", ":(exclude)data/mini"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-        )
-    except OSError:
-        return "unknown"
-    return (
-        rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else "unknown"
-    )
 
 
 def config_digest(path: Path) -> str:

@@ -5,12 +5,12 @@ portraits, apart from the evaluation's, and optionally writes them into the expo
         [--text 2.5 3.5 5] [--min-fidelity 0.8] [--write] [--out outputs/mini/tune_x]
 
 Every (image, spatial, text) of the grid edits the same `--inputs` portraits of the tuning stream
-(TUNE_SEED, data/eval_pairs.py: no training stage and no evaluation draws from it) in every direction,
+(TUNE_SEED, evaluation/held_out.py: no training stage and no evaluation draws from it) in every direction,
 without the mask (3-way guidance alone, the MCDM's own edit), with the same seeds; each edit is scored
 by its SSIM to the world's exact target and read by the direction classifier (fidelity). The pick is the
 setting of the highest SSIM over all directions whose fidelity is at least `--min-fidelity` (an edit must
 happen: not editing scores well on SSIM); the table also gives each task's figures. Picking on the
-evaluation's own inputs would be tuning on the test set; tools/eval_edit.py then measures the pick on the
+evaluation's own inputs would be tuning on the test set; configs/mini/eval_edit.yaml then measures the pick on the
 evaluation stream.
 
 Each setting's scores are kept in <out>/tune_scales.json as they come (a rerun computes only the settings
@@ -31,16 +31,14 @@ import torch
 from tqdm import tqdm
 
 from portrait_edit.atomic import atomic_write_bytes, atomic_write_json
-from portrait_edit.data.eval_pairs import TUNE_SEED
-from portrait_edit.data.jobs import sample_seed
+from portrait_edit.evaluation.direction_classifier import DirectionClassifier
+from portrait_edit.evaluation.held_out import TUNE_SEED, held_out_pair
 from portrait_edit.images import to_tensor
 from portrait_edit.metrics.image import ssim
-from portrait_edit.models.direction_classifier import DirectionClassifier
 from portrait_edit.models.editor import MCDMEditor
 from portrait_edit.models.mcdm_export import MCDMExportSettings
 from portrait_edit.paths import DATA_DIR
 from portrait_edit.tasks import DIRECTIONS, LABELS, prompts_for, task_for_direction
-from portrait_edit.world import make_pair
 
 Setting = tuple[float, float, float]  # (image, spatial, text)
 FRACTION_ROUNDING = 1e-6  # far below one edit's share of a fidelity (1 / inputs / directions)
@@ -63,7 +61,7 @@ def score(
     editor.scales = dict(zip(("image", "spatial", "text"), setting))
     out = {}
     for direction in DIRECTIONS:
-        pairs = [make_pair(sample_seed(TUNE_SEED, i), direction, size=64) for i in range(inputs)]
+        pairs = [held_out_pair(i, direction, 64, TUNE_SEED) for i in range(inputs)]
         prompts = [prompts_for(direction, p.gender) for p in pairs]
         edits = editor.edit(
             as_tensor([p.src for p in pairs]), [q["p_a"] for q in prompts], [q["p_b"] for q in prompts],

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Subset
 
 from portrait_edit.data.faces import FaceImagesDataModule, FaceImagesDataset
@@ -52,7 +53,8 @@ class EditInputsDataModule(FaceImagesDataModule):
 
     Args:
         root: folder of images, or shards (directory of tars, glob or brace pattern).
-        output_dir: where the edits go (the writer's folder): finished inputs there are skipped.
+        output_dir: where the edits go: finished inputs there are skipped. None: the folder of the run's
+            prediction writer (the edit configs' EditWriter), so a config names it once.
         image_size: side the portraits are cropped and resized to (the model's resolution).
         batch_size: portraits per predict_step (each is edited in every direction in one batch).
         limit: edit only the first `limit` inputs (by name); None: all.
@@ -62,7 +64,7 @@ class EditInputsDataModule(FaceImagesDataModule):
     def __init__(
         self,
         root: str,
-        output_dir: str,
+        output_dir: str | None = None,
         image_size: int = 512,
         batch_size: int = 4,
         num_workers: int = 2,
@@ -84,6 +86,18 @@ class EditInputsDataModule(FaceImagesDataModule):
         self.output_dir = output_dir
         self.limit = limit
 
+    def writer_folder(self) -> str:
+        """The output_dir of the run's one prediction writer."""
+        trainer = getattr(self, "trainer", None)
+        writers = [c for c in getattr(trainer, "callbacks", []) if isinstance(c, BasePredictionWriter)]
+        folders = {str(getattr(c, "output_dir", "")) for c in writers} - {""}
+        if len(folders) != 1:
+            raise ValueError(
+                "EditInputsDataModule needs the edits' folder to skip finished inputs: set "
+                f"data.init_args.output_dir, or give the run one prediction writer (found {sorted(folders)})"
+            )
+        return folders.pop()
+
     def make_dataset(self) -> EditInputsDataset:
         return EditInputsDataset(self.hparams.root, self.hparams.image_size)
 
@@ -92,14 +106,10 @@ class EditInputsDataModule(FaceImagesDataModule):
             self.setup("predict")
         names = self.dataset.names
         order = sorted(range(len(names)), key=lambda i: names[i])[: self.limit]
-        todo = [i for i in order if not (Path(self.output_dir) / names[i] / DONE_FILE).is_file()]
+        out = self.output_dir or self.writer_folder()
+        todo = [i for i in order if not (Path(out) / names[i] / DONE_FILE).is_file()]
         if len(todo) < len(order):
-            log.info(
-                "%d of %d inputs already edited in %s: skipped",
-                len(order) - len(todo),
-                len(order),
-                self.output_dir,
-            )
+            log.info("%d of %d inputs already edited in %s: skipped", len(order) - len(todo), len(order), out)
         return DataLoader(
             Subset(self.dataset, todo), batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers,
             collate_fn=collate_inputs,

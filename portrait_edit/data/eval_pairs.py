@@ -23,16 +23,12 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from portrait_edit.data.error_handler import CountingErrorHandler
-from portrait_edit.data.jobs import sample_seed
 from portrait_edit.data.shard_pipeline import PairShardsMapDataset, resolve_shards
+from portrait_edit.evaluation.held_out import EVAL_SEED, edit_seed, held_out_pair
 from portrait_edit.images import to_tensor, to_uint8
 from portrait_edit.tasks import DIRECTIONS, prompts_for
-from portrait_edit.world import make_pair
 
 WORLD = "world"
-EVAL_SEED = 20_26_12  # the held-out evaluation stream (tools/eval_edit.py uses the same one)
-# Where an edit's settings are picked (tools/tune_scales.py: the guidance scales), apart from the evaluation.
-TUNE_SEED = 424242
 FIELDS = ("src.png", "tgt.png", "json")
 
 
@@ -52,10 +48,10 @@ class WorldEvalDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         k, d = divmod(i, len(self.directions))
         direction = self.directions[d]
-        pair = make_pair(sample_seed(self.seed, k), direction, size=self.size)
+        pair = held_out_pair(k, direction, self.size, self.seed)
         prompts = prompts_for(direction, pair.gender)
         return {
-            "index": i, "seed": sample_seed(self.seed + 1, i), "source": _float(pair.src),
+            "index": i, "seed": edit_seed(i, self.seed), "source": _float(pair.src),
             "target": _float(pair.gt), "region": torch.from_numpy(pair.edit_mask).float(),
             "p_a": prompts["p_a"], "p_b": prompts["p_b"], "direction": direction,
         }  # fmt: skip
@@ -79,7 +75,7 @@ class ShardEvalDataset(Dataset):
         meta = sample["json"]
         source, target = to_uint8(sample["src.png"]), to_uint8(sample["tgt.png"])
         return {
-            "index": i, "seed": sample_seed(self.seed + 1, i), "source": _float(source), "target": _float(target),
+            "index": i, "seed": edit_seed(i, self.seed), "source": _float(source), "target": _float(target),
             "region": torch.full(source.shape[:2], -1.0), "p_a": meta["p_a"], "p_b": meta["p_b"],
             "direction": meta["direction"],
         }  # fmt: skip

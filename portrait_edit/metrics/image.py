@@ -82,6 +82,24 @@ def mask_iou(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
+def grid_ceiling_mask(region: torch.Tensor, cell: int) -> torch.Tensor:
+    """The mask of whole `cell` x `cell` cells with the best IoU against each binary region (B, H, W):
+    float (B, H, W) in {0, 1}, its IoU `grid_iou_ceiling`; empty for an empty region."""
+    b, h, w = region.shape
+    inside = (region > 0.5).float()
+    covered = torch.nn.functional.avg_pool2d(inside[:, None], cell).flatten(1) * cell**2  # (B, cells)
+    order = covered.argsort(dim=1, descending=True)
+    ranked = covered.gather(1, order)
+    union = inside.flatten(1).sum(1, keepdim=True) + (cell**2 - ranked).cumsum(1)
+    count = (ranked.cumsum(1) / union.clamp(min=1)).argmax(dim=1) + 1  # the best prefix of the ranking
+    keep = torch.zeros_like(covered).scatter(
+        1, order, (torch.arange(covered.shape[1], device=covered.device) < count[:, None]).float()
+    )
+    keep = keep * (inside.flatten(1).sum(1, keepdim=True) > 0)
+    cells = keep.reshape(b, 1, h // cell, w // cell)
+    return torch.nn.functional.interpolate(cells, scale_factor=cell, mode="nearest")[:, 0]
+
+
 def grid_iou_ceiling(region: torch.Tensor, cell: int) -> torch.Tensor:
     """The best IoU any mask made of whole `cell` x `cell` cells (a latent-resolution mask, upsampled)
     can reach against binary regions (B, H, W): float (B,), 1 for an empty region.

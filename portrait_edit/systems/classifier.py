@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from portrait_edit.blur import gaussian_blur
+from portrait_edit.evaluation.direction_classifier import DirectionClassifier, DirectionClassifierConfig
 from portrait_edit.images import pixels_to_unit, unit_to_pixels
 from portrait_edit.loading.components import load_vae, vae_roundtrip
-from portrait_edit.models.direction_classifier import DirectionClassifier, DirectionClassifierConfig
 from portrait_edit.systems.exporting import ExportingSystem
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from portrait_edit.models.world_probe import NOSE, WorldProbe, WorldProbeConfig
+from portrait_edit.evaluation.world_probe import NOSE, WorldProbe, WorldProbeConfig
 from portrait_edit.systems.exporting import ExportingSystem
 
 log = logging.getLogger(__name__)

@@ -6,10 +6,10 @@ import pytest
 import torch
 from tool_loader import load_tool
 
+from portrait_edit.evaluation.direction_classifier import DirectionClassifier, DirectionClassifierConfig
+from portrait_edit.evaluation.world_probe import WorldProbe, WorldProbeConfig
 from portrait_edit.loading.components import load_components, load_tokenizer
 from portrait_edit.models.clip_pair import build_clip, export_clip
-from portrait_edit.models.direction_classifier import DirectionClassifier, DirectionClassifierConfig
-from portrait_edit.models.world_probe import WorldProbe, WorldProbeConfig
 from portrait_edit.world import make_pair
 
 

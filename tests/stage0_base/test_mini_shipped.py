@@ -14,20 +14,19 @@ import yaml
 from PIL import Image
 
 from portrait_edit import paths
-from portrait_edit.data.eval_pairs import EVAL_SEED
 from portrait_edit.data.jobs import sample_key, sample_seed
 from portrait_edit.data.shard_pipeline import iter_samples, resolve_shards
 from portrait_edit.data.world_faces import render_faces
+from portrait_edit.evaluation.direction_classifier import DirectionClassifier
+from portrait_edit.evaluation.held_out import held_out_pair
 from portrait_edit.images import encode_png, to_uint8
 from portrait_edit.loading import components as C
 from portrait_edit.metrics.identity import identity_retrieval_top1
 from portrait_edit.metrics.image import mask_iou, ssim
-from portrait_edit.models.direction_classifier import DirectionClassifier
 from portrait_edit.models.editor import MCDMEditor
 from portrait_edit.models.identity_encoder import IdentityEncoder, clip_tokens, encode_identity
 from portrait_edit.systems.sampling import SamplingSystem
 from portrait_edit.tasks import prompts_for
-from portrait_edit.world import make_pair
 
 MINI = paths.REPO_ROOT / "data" / "mini"
 FIXTURES = paths.REPO_ROOT / "tests" / "fixtures" / "mini_pairs"
@@ -153,7 +152,7 @@ def held_out_edits(direction: str):
     """edit(scales) -> (edits, how many are read as `direction`, mean SSIM to the exact targets) of the
     shipped MCDM on 10 held-out world portraits (3-way guidance, no mask, seed 3)."""
     editor = MCDMEditor.from_pretrained(MINI / "mcdm")
-    pairs = [make_pair(sample_seed(EVAL_SEED, k), direction, size=64) for k in range(10)]
+    pairs = [held_out_pair(k, direction) for k in range(10)]
     sources = torch.from_numpy(np.stack([p.src for p in pairs])).permute(0, 3, 1, 2).float() / 127.5 - 1
     targets = torch.from_numpy(np.stack([p.gt for p in pairs])).permute(0, 3, 1, 2).float() / 127.5 - 1
     prompts = [prompts_for(direction, p.gender) for p in pairs]
@@ -202,7 +201,7 @@ def test_shipped_mcdm_mask_covers_the_costume_it_draws():
     0.76; an earlier model read at the paper's 10th step: IoU 0.28, read 0.10), and the masked edit is read as santa."""
     editor = MCDMEditor.from_pretrained(MINI / "mcdm")
     assert editor.mask_at == 0.15
-    pairs = [make_pair(sample_seed(EVAL_SEED, k), "santa", size=64) for k in range(10)]
+    pairs = [held_out_pair(k, "santa") for k in range(10)]
     sources = torch.from_numpy(np.stack([p.src for p in pairs])).permute(0, 3, 1, 2).float() / 127.5 - 1
     prompts = [prompts_for("santa", p.gender) for p in pairs]
     result = editor.edit(

@@ -10,7 +10,7 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader
 
 from portrait_edit.data.world_images import PairArrays, WorldImagesDataset
-from portrait_edit.models.world_probe import WorldProbe, WorldProbeConfig
+from portrait_edit.evaluation.world_probe import WorldProbe, WorldProbeConfig
 from portrait_edit.systems.probe import WorldProbeSystem, median, pixel_errors, probe_targets
 from portrait_edit.tasks import DIRECTIONS
 from portrait_edit.world import make_pair

@@ -6,12 +6,12 @@ import pytest
 import torch
 from tool_loader import load_tool
 
+from portrait_edit.evaluation.direction_classifier import DirectionClassifier, DirectionClassifierConfig
+from portrait_edit.evaluation.world_probe import WorldProbe, WorldProbeConfig
 from portrait_edit.loading.components import load_image_encoder, load_tokenizer
 from portrait_edit.metrics.image import ssim
 from portrait_edit.models.clip_pair import build_clip, export_clip
-from portrait_edit.models.direction_classifier import DirectionClassifier, DirectionClassifierConfig
 from portrait_edit.models.identity_encoder import IdentityEncoder, IdentityEncoderConfig
-from portrait_edit.models.world_probe import WorldProbe, WorldProbeConfig
 from portrait_edit.world import make_pair
 from portrait_edit.world.faces import make_face
 

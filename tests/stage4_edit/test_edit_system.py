@@ -209,3 +209,16 @@ def test_a_measured_mask_range_is_written_into_the_export_and_enforced(model, tm
     assert settings["mask_range"] == [low, high] and settings["scales"] == system.editor.scales
     with pytest.raises(ValueError, match="usable range"):
         EditSystem(str(folder), directions=["santa"], threshold=high)
+
+
+def test_the_inputs_skip_what_the_runs_writer_finished_without_naming_its_folder_again(model, tmp_path):
+    inputs, out, genders, _ = one_portrait(tmp_path, "santa")
+    run(model, inputs, out, genders)  # edits person.png into out
+    data = EditInputsDataModule(str(inputs), image_size=SIZE, num_workers=0, genders=str(genders))
+    with pytest.raises(ValueError, match="set data.init_args.output_dir"):
+        data.predict_dataloader()  # no run, no writer: nowhere to look
+    Trainer(callbacks=[EditWriter(str(out))], **QUIET).predict(
+        EditSystem(str(model), directions=["santa"], steps=2, mask_seeds=2), datamodule=data,
+        return_predictions=False,
+    )  # fmt: skip
+    assert len(data.predict_dataloader().dataset) == 0  # the writer's folder holds the finished input

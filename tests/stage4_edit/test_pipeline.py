@@ -40,7 +40,7 @@ def test_the_pipeline_edits_as_predict_does(portrait, pipe, tmp_path):
     out = tmp_path / "edits"
     PortraitCLI(args=[
         "predict", "--config", str(ROOT / "configs/mini/edit.yaml"), f"--trainer.default_root_dir={tmp_path}",
-        f"--trainer.callbacks.init_args.output_dir={out}", f"--data.init_args.output_dir={out}",
+        f"--trainer.callbacks.init_args.output_dir={out}",
         f"--data.init_args.root={path.parent}", f"--data.init_args.genders={path.parent / 'genders.json'}",
         f"--model.init_args.directions={json.dumps(DIRECTIONS)}", f"--model.init_args.steps={STEPS}",
         "--data.init_args.num_workers=0",

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from portrait_edit.models.baselines import DiffEdit, SDEdit
+from portrait_edit.evaluation.baselines import DiffEdit, SDEdit
 
 SIZE = 32
 

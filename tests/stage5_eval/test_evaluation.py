@@ -10,13 +10,13 @@ from lightning.pytorch import Trainer
 from torch.testing import assert_close
 
 from portrait_edit.data.eval_pairs import EvalPairsDataModule, WorldEvalDataset, collate_eval
+from portrait_edit.evaluation.direction_classifier import DirectionClassifier, DirectionClassifierConfig
+from portrait_edit.evaluation.methods import MCDMMethod, MethodSpec
 from portrait_edit.loading.components import load_tokenizer
 from portrait_edit.metrics.image import ssim
 from portrait_edit.models.clip_pair import build_clip, export_clip
-from portrait_edit.models.direction_classifier import DirectionClassifier, DirectionClassifierConfig
 from portrait_edit.models.editor import MCDMEditor
 from portrait_edit.models.mcdm_conditioning import MCDMConditioning
-from portrait_edit.models.methods import MCDMMethod, MethodSpec
 from portrait_edit.systems.evaluation import EvaluationSystem
 from portrait_edit.systems.mcdm import MCDMSystem
 
@@ -181,9 +181,7 @@ def test_cached_items_resume_an_interrupted_run_and_follow_the_models(models, tm
 def test_an_mcdm_row_can_keep_the_source_outside_its_mask(models):
     spec = MethodSpec("Ours + kept source", "mcdm", str(models / "mcdm"), keep_source=True, steps=2)
     batch = collate_eval([WorldEvalDataset(1, DIRECTIONS, SIZE)[i] for i in range(2)])
-    got = MCDMMethod(spec)(
-        batch["source"], batch["p_a"], batch["p_b"], batch["seed"].tolist(), batch["direction"]
-    )
+    got = MCDMMethod(spec)(batch)
     editor = MCDMEditor.from_pretrained(models / "mcdm")
     for i, threshold in enumerate((0.2, 0.35)):  # santa, angry
         expected = editor.edit(batch["source"][i : i + 1], batch["p_a"][i : i + 1], batch["p_b"][i : i + 1],
@@ -203,7 +201,61 @@ def test_baseline_rows_without_a_model_take_the_tables_base(models):
         specs, base="tiny", clip_image_size=SIZE, image_mean=[0.5] * 3, image_std=[0.5] * 3
     )
     assert [s.model for s in system.specs] == [str(models / "mcdm"), "tiny"]
-    with pytest.raises(ValueError, match="no base model"):
+    with pytest.raises(ValueError, match="evaluation's `base`"):
         EvaluationSystem([MethodSpec("SDEdit 0.5", "sdedit", steps=4)])
-    with pytest.raises(ValueError, match="an mcdm row needs `model`"):
-        MethodSpec("Ours", "mcdm")
+    with pytest.raises(ValueError, match="evaluation's `mcdm`"):
+        EvaluationSystem([MethodSpec("Ours", "mcdm")])
+    again = EvaluationSystem(
+        [MethodSpec("Ours", "mcdm"), MethodSpec("VAE", "vae")], mcdm=str(models / "mcdm")
+    )
+    assert [s.model for s in again.specs] == [str(models / "mcdm")] * 2
+
+
+def test_the_references_and_the_per_direction_page(models, tmp_path):
+    """The rows that edit nothing are what they name (x_A, its VAE round trip, the exact target, the
+    latent grid's best mask, whose IoU is the ceiling), the lambda sweep's best equals a
+    recomputation from the soft masks, and the per-direction page's cells are the rows of each direction."""
+    from portrait_edit.evaluation.judges import SWEEP
+    from portrait_edit.loading.components import load_vae, vae_roundtrip, vae_scale_factor
+    from portrait_edit.metrics.image import grid_iou_ceiling, mask_iou, masked_ssim
+
+    specs = [MethodSpec("Ours", "mcdm", steps=2), MethodSpec("x_A", "input"), MethodSpec("VAE", "vae"),
+             MethodSpec("exact", "target"), MethodSpec("grid", "grid")]  # fmt: skip
+    columns = [{"label": "iou", "method": "Ours", "score": "mask_iou"},
+               {"label": "best", "method": "Ours", "score": "mask_iou_best"},
+               {"label": "lambda", "method": "Ours", "score": "lambda_best"},
+               {"label": "ceiling", "method": "grid", "score": "mask_iou"},
+               {"label": "vae keeps", "method": "VAE", "score": "preservation"},
+               {"label": "x_A ssim", "method": "x_A", "score": "ssim"}]  # fmt: skip
+    page = tmp_path / "page.md"
+    system = EvaluationSystem(
+        specs, mcdm=str(models / "mcdm"), output_dir=str(tmp_path / "out"), clip_image_size=SIZE,
+        image_mean=[0.5] * 3, image_std=[0.5] * 3, direction_page=str(page), direction_columns=columns,
+        direction_figure=["Ours:mask", "Ours"], cache=False,
+    )  # fmt: skip
+    data = EvalPairsDataModule("world", inputs=2, directions=DIRECTIONS, image_size=SIZE, batch_size=4)
+    Trainer(**QUIET).validate(system, datamodule=data)
+    cells = json.loads(page.with_suffix(".json").read_text())["table"]
+    assert set(cells) == {*DIRECTIONS, "all"} and page.with_suffix(".jpg").is_file()
+    batch = collate_eval([data.dataset[i] for i in range(len(data.dataset))])
+    vae = load_vae(str(models / "mcdm"), torch_dtype=torch.float32)
+    editor = MCDMEditor.from_pretrained(models / "mcdm")
+    for d, direction in enumerate(DIRECTIONS):
+        rows = [i for i, x in enumerate(batch["direction"]) if x == direction]
+        source, target, region = batch["source"][rows], batch["target"][rows], batch["region"][rows]
+        assert cells[direction]["x_A ssim"] == pytest.approx(ssim(source, target).mean().item(), abs=1e-6)
+        kept = masked_ssim(vae_roundtrip(vae, source), source, 1 - region).mean().item()
+        assert cells[direction]["vae keeps"] == pytest.approx(kept, abs=1e-5)
+        best = grid_iou_ceiling(region, vae_scale_factor(vae))  # brute-forced in tests/unit
+        assert cells[direction]["ceiling"] == pytest.approx(best.mean().item(), abs=1e-6)
+        prompts = editor.edit(source, [batch["p_a"][i] for i in rows], [batch["p_b"][i] for i in rows],
+                              threshold=0.2 if d == 0 else 0.35, steps=2, seed=batch["seed"][rows].tolist())  # fmt: skip
+        sweep = torch.stack([mask_iou((prompts.soft_masks > lam).float(), region) for lam in SWEEP], 1).mean(
+            0
+        )
+        assert cells[direction]["best"] == pytest.approx(sweep.max().item(), abs=1e-6)
+        assert cells[direction]["lambda"] == SWEEP[int(sweep.argmax())]
+        assert cells[direction]["iou"] == pytest.approx(
+            mask_iou(prompts.masks, region).mean().item(), abs=1e-6
+        )
+    assert cells["all"]["best"] == pytest.approx(np.mean([cells[d]["best"] for d in DIRECTIONS]), abs=1e-9)

@@ -1,10 +1,10 @@
-"""metrics/report.py: a method's row from per-item scores, by hand; the markdown table."""
+"""evaluation/report.py: a method's row from per-item scores, by hand; the markdown table."""
 
 import numpy as np
 import pytest
 
+from portrait_edit.evaluation.report import markdown_table, summarise
 from portrait_edit.metrics.image import fid_from_features
-from portrait_edit.metrics.report import markdown_table, summarise
 
 
 def test_row_means_skip_items_a_score_does_not_apply_to():
@@ -37,7 +37,7 @@ def test_markdown_table_orders_rows_and_names_what_is_unavailable():
 
 
 def test_a_frechet_distance_from_few_items_carries_its_caveat():
-    from portrait_edit.metrics.report import frechet_caveats
+    from portrait_edit.evaluation.report import frechet_caveats
 
     caveats = frechet_caveats(8, {"fid_clip": 768, "fid": 2048})
     assert set(caveats) == {"fid_clip", "fid"} and "from 8 items, fewer than its 768" in caveats["fid_clip"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from tool_loader import load_tool
 
-from portrait_edit.models.direction_classifier import DirectionClassifier, DirectionClassifierConfig
+from portrait_edit.evaluation.direction_classifier import DirectionClassifier, DirectionClassifierConfig
 from portrait_edit.models.editor import MCDMEditor
 from portrait_edit.models.mcdm_conditioning import MCDMConditioning
 from portrait_edit.systems.mcdm import MCDMSystem

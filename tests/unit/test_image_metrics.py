@@ -16,6 +16,7 @@ from portrait_edit.metrics.image import (
     feature_stats,
     fid_from_features,
     frechet_distance,
+    grid_ceiling_mask,
     grid_iou_ceiling,
     mask_iou,
     masked_ssim,
@@ -177,6 +178,10 @@ def test_grid_iou_ceiling_is_the_best_mask_of_whole_cells():
             mask = torch.nn.functional.interpolate(cells, scale_factor=4, mode="nearest")[:, 0]
             best = max(best, mask_iou(mask, region[b : b + 1]).item())
         assert best == pytest.approx(by_hand[b].item())
+    mask = grid_ceiling_mask(region, 4)  # the mask that reaches it, made of whole cells
+    assert_close(mask_iou(mask, region), by_hand)
+    assert torch.equal(mask, mask[:, ::4, ::4].repeat_interleave(4, 1).repeat_interleave(4, 2))
     assert grid_iou_ceiling(torch.zeros(1, 8, 8), 4).item() == 1.0
+    assert grid_ceiling_mask(torch.zeros(1, 8, 8), 4).sum() == 0
     with pytest.raises(ValueError, match="cells"):
         grid_iou_ceiling(torch.zeros(1, 6, 8), 4)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from portrait_edit.atomic import atomic_write_bytes, atomic_write_json
-from portrait_edit.images import encode_png
+from portrait_edit.images import encode_jpeg, encode_png
 from portrait_edit.metrics.image import fid_from_features
 
 # Column -> (heading, better): the paper's Table 1 figures, then the mini world's extras.
@@ -32,6 +32,8 @@ COLUMNS = {
     "mask_iou": ("mask IoU", "higher"),
     "fidelity": ("fidelity", "higher"),
     "identity": ("identity", "higher"),
+    "mask_iou_best": ("mask IoU at the best lambda", "higher"),
+    "lambda_best": ("best lambda", "none"),
 }
 
 
@@ -67,6 +69,11 @@ def format_cell(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
+def heading(column: str) -> str:
+    name, better = COLUMNS[column]
+    return name if better == "none" else f"{name} ({better} is better)"
+
+
 def shown_columns(rows: dict[str, dict], unavailable: dict[str, str]) -> list[str]:
     """The COLUMNS a table shows: those some row has a value for, and those named unavailable."""
     return [c for c in COLUMNS if any(r.get(c) is not None for r in rows.values()) or c in unavailable]
@@ -81,7 +88,7 @@ def markdown_table(
     """The rows as a markdown table; with `notes`, a line after it per unavailable metric and why, and per
     metric shown with a caveat (`frechet_caveats`)."""
     columns = shown_columns(rows, unavailable)
-    head = "| method | " + " | ".join(f"{COLUMNS[c][0]} ({COLUMNS[c][1]} is better)" for c in columns) + " |"
+    head = "| method | " + " | ".join(heading(c) for c in columns) + " |"
     lines = [head, "|---" * (len(columns) + 1) + "|"]
     lines += [
         f"| {name} | " + " | ".join(format_cell(r.get(c)) for c in columns) + " |" for name, r in rows.items()
@@ -181,3 +188,66 @@ def write_report(
     )
     atomic_write_bytes(folder / "index.html", html_grid(title, grid, list(rows), table).encode())
     return folder / "table.md"
+
+
+def check_columns(columns: list[dict[str, str]] | None, methods: list[str]) -> None:
+    """ValueError unless every column of a direction page names a label, one of `methods` and a score."""
+    if not columns:
+        raise ValueError("a direction_page needs direction_columns: [{label, method, score}, ...]")
+    for column in columns:
+        if set(column) != {"label", "method", "score"} or column["method"] not in methods:
+            raise ValueError(
+                f"each of direction_columns needs label, method (one of {methods}) and score; got {column}"
+            )
+        if column["score"] not in COLUMNS:
+            raise ValueError(f"direction column {column['label']!r}: score must be one of {list(COLUMNS)}")
+
+
+def direction_sheet(grid: list[dict], figure: list[str], per_direction: int = 2) -> np.ndarray:
+    """The first `per_direction` pictured items of each direction, a row each: the input, the true edit
+    region (where known), then per entry of `figure` a method's edit ("name") or mask ("name:mask")."""
+    rows, shown = [], {}
+    for item in grid:
+        if shown.get(item["direction"], 0) >= per_direction:
+            continue
+        shown[item["direction"]] = shown.get(item["direction"], 0) + 1
+        cells = [item["source"]] + ([item["region"]] if item.get("region") is not None else [])
+        for entry in figure:
+            name, _, part = entry.partition(":")
+            cells.append(item["edits"][name]["mask" if part == "mask" else "image"])
+        rows.append(np.concatenate(cells, axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+def write_direction_page(
+    path: str | Path,
+    title: str,
+    columns: list[dict[str, str]],
+    by_direction: dict[str, dict],
+    overall: dict[str, dict],
+    command: str,
+    revision: str,
+    note: str | None,
+    grid: list[dict],
+    figure: list[str] | None = None,
+) -> Path:
+    """A markdown page with one row per direction (and "all") and one column per `columns` entry (a
+    method's score), its figures as `<path>.json`, and, with `figure`, the first items pictured as
+    `<path>.jpg` (`direction_sheet`)."""
+    path = Path(path)
+    table = {
+        d: {c["label"]: rows[c["method"]].get(c["score"]) for c in columns}
+        for d, rows in by_direction.items()
+    }
+    table["all"] = {c["label"]: overall[c["method"]].get(c["score"]) for c in columns}
+    head = "| direction | " + " | ".join(c["label"] for c in columns) + " |"
+    lines = [f"# {title}", "", f"`{command}` (revision {revision})", ""] + ([note, ""] if note else [])
+    lines += [head, "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {d} | " + " | ".join(format_cell(v) for v in r.values()) + " |" for d, r in table.items()]
+    if figure:
+        atomic_write_bytes(path.with_suffix(".jpg"), encode_jpeg(direction_sheet(grid, figure)))
+        lines += ["", f"![the first inputs of each direction]({path.with_suffix('.jpg').name})", "",
+                  "Columns of the picture: input, true edit region, " + ", ".join(figure) + "."]  # fmt: skip
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    atomic_write_json(path.with_suffix(".json"), {"command": command, "revision": revision, "table": table})
+    return path

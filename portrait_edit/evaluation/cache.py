@@ -80,6 +80,7 @@ class ItemCache:
             return None
         return {
             "scores": meta["scores"],
+            "sweep": meta.get("sweep"),
             "features": {k: arrays[f"features.{k}"] for k in meta["features"]},
             "image": arrays.get("image"),
             "mask": arrays.get("mask"),
@@ -91,7 +92,8 @@ class ItemCache:
             atomic_write_bytes(self.folder / "key.json", json.dumps(self.key, indent=1, default=str).encode())
         arrays = {f"features.{k}": np.asarray(v) for k, v in record["features"].items()}
         arrays.update({k: record[k] for k in ("image", "mask") if record.get(k) is not None})
-        meta = {"check": check, "scores": record["scores"], "features": list(record["features"])}
+        meta = {"check": check, "scores": record["scores"], "sweep": record.get("sweep"),
+                "features": list(record["features"])}  # fmt: skip
         buffer = io.BytesIO()
         np.savez(buffer, meta=np.array(json.dumps(meta)), **arrays)
         atomic_write_bytes(self.path(index), buffer.getvalue())

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from portrait_edit.models.direction_classifier import _stage
+from portrait_edit.evaluation.direction_classifier import _stage
 from portrait_edit.models.folder_model import FolderModel
 
 NOSE = "nose_xy"  # the head-position target: the nose keypoint (OpenPose COCO-18 index 0)

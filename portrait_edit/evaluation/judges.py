@@ -15,9 +15,11 @@ Scores are float (B,), NaN where a score does not apply to an item (no true regi
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from portrait_edit.evaluation.direction_classifier import DirectionClassifier
 from portrait_edit.loading.components import load_image_encoder
 from portrait_edit.metrics.image import (
     InceptionFeatures,
@@ -29,13 +31,15 @@ from portrait_edit.metrics.image import (
 )
 from portrait_edit.metrics.psnr import psnr_per_image
 from portrait_edit.models.clip_image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_pixels
-from portrait_edit.models.direction_classifier import DirectionClassifier
 from portrait_edit.models.identity_encoder import IdentityEncoder, encode_identity
 
 SCORES = ("ssim", "psnr", "lpips", "preservation", "mask_iou", "fidelity", "identity")
+# The lambdas a soft mask is cut at for the mask IoU at the best lambda (a bound on what tuning it buys).
+SWEEP = tuple(round(0.05 * k, 2) for k in range(1, 20))
 # The definition of the scores, part of every cached result's key: raised whenever one of them changes, so
-# that no figure computed the old way is read back (2: SSIM as scikit-image computes it, border cropped).
-SCORES_VERSION = 2
+# that no figure computed the old way is read back (2: SSIM as scikit-image computes it, border cropped;
+# 3: records carry the mask's lambda sweep).
+SCORES_VERSION = 3
 
 
 class EditJudges:
@@ -108,6 +112,15 @@ class EditJudges:
             out["fid_clip"] = self.clip(pixel_values=clip_pixels(images, *self.view)).image_embeds.float()
         return out
 
+    @staticmethod
+    def lambda_sweep(soft: torch.Tensor | None, region: torch.Tensor) -> torch.Tensor | None:
+        """IoU (B, len(SWEEP)) of the masks `soft` > lambda against the true regions, for each lambda of
+        SWEEP; None without a soft map or where no region is known (validation shards)."""
+        if soft is None or not bool((region.flatten(1).min(dim=1).values >= 0).all()):
+            return None
+        truth = region.to(soft.device).clamp(0, 1)
+        return torch.stack([mask_iou((soft > lam).float(), truth) for lam in SWEEP], dim=1)
+
     @torch.no_grad()
     def scores(
         self,
@@ -138,3 +151,21 @@ class EditJudges:
             b = encode_identity(self.clip, self.identity, source).flatten(1)
             out["identity"] = F.cosine_similarity(a, b, dim=1)
         return {k: v.float() for k, v in out.items()}
+
+
+def best_lambda(items: list[dict], method: str) -> dict[str, float]:
+    """{"mask_iou_best": the mean over the items' directions of the mask IoU at the lambda of SWEEP best
+    for that direction, and with one direction "lambda_best": that lambda} of `method`'s lambda sweeps
+    over `items`; {} when the method made none."""
+    sweeps: dict[str, list] = {}
+    for item in items:
+        sweep = item["methods"][method].get("sweep")
+        if sweep is not None:
+            sweeps.setdefault(item["direction"], []).append(sweep)
+    if not sweeps:
+        return {}
+    means = {d: np.mean(np.asarray(s, dtype=np.float64), axis=0) for d, s in sweeps.items()}
+    out = {"mask_iou_best": float(np.mean([m.max() for m in means.values()]))}
+    if len(means) == 1:
+        out["lambda_best"] = SWEEP[int(next(iter(means.values())).argmax())]
+    return out

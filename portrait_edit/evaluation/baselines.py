@@ -1,5 +1,4 @@
-"""The paper's baselines (Table 1) on the text-to-image base model: SDEdit and DiffEdit, and the DiffEdit-style
-mask alone (`DiffEditMask`) that our mask is compared with.
+"""The paper's baselines (Table 1) on the text-to-image base model: SDEdit and DiffEdit.
 
 Both are diffusers' own pipelines over our loaded parts, so the baselines are the reference
 implementations, not our re-readings of them:
@@ -16,7 +15,6 @@ latent resolution.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -25,23 +23,21 @@ from diffusers import (
     DDIMScheduler,
     StableDiffusionDiffEditPipeline,
     StableDiffusionImg2ImgPipeline,
-    UniPCMultistepScheduler,
 )
-from torch import nn
 
-from portrait_edit.diffusion.masks import normalise, prediction_difference
 from portrait_edit.loading.components import SDComponents
-from portrait_edit.models.conditioning import scaled_latents
 
 PARTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")  # what the baselines load from a base
 
 
 @dataclass
 class BaselineEdit:
-    """images: float (B, 3, H, W) in [-1, 1]; mask: float (B, h, w) in {0, 1}, or None (no mask)."""
+    """images: float (B, 3, H, W) in [-1, 1]; mask: float (B, h, w) in {0, 1}, or None (no mask);
+    soft_mask: the soft map (B, h, w) in [0, 1] the mask was cut from, for methods that have one."""
 
     images: torch.Tensor
     mask: torch.Tensor | None = None
+    soft_mask: torch.Tensor | None = None
 
 
 def _parts(components: SDComponents) -> dict:
@@ -161,55 +157,3 @@ class DiffEdit:
             images.append(edited)
             masks.append(torch.as_tensor(mask, dtype=torch.float32).reshape(1, *mask.shape[-2:]))
         return BaselineEdit(torch.cat(images).to(sources) * 2 - 1, torch.cat(masks).to(sources.device))
-
-
-class DiffEditMask:
-    """A DiffEdit-style mask from the text-to-image base model (the baseline our mask is compared with):
-    E(x_A) noised to half the schedule with `seeds` noises, the base UNet's classifier-free-guided noise
-    predictions under the reference prompt p_a and the query p_b, |difference| averaged over channels and
-    seeds, normalised to [0, 1] per image and binarised at `threshold` (DiffEdit's 0.5), no blur.
-
-    Args:
-        unet, vae: the base SD UNet (4-channel input) and VAE; text: a bound TextConditioning (its encoder).
-        guidance: the classifier-free guidance scale of the predictions.
-        scheduler_config: the noise schedule (for add_noise and the timesteps).
-    """
-
-    def __init__(
-        self, unet: nn.Module, vae: nn.Module, text, scheduler_config: dict, guidance: float = 7.5
-    ) -> None:
-        self.unet, self.vae, self.text = unet.eval(), vae.eval(), text
-        self.scheduler_config, self.guidance = dict(scheduler_config), guidance
-        self.unet_calls = 0
-
-    @torch.no_grad()
-    def __call__(
-        self, sources: torch.Tensor, p_a: list[str], p_b: list[str], seeds: int = 10, steps: int = 20,
-        strength: float = 0.5, threshold: float = 0.5, seed: int = 0,
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """(binary mask, soft map), float (B, h, w) at latent resolution."""
-        device = next(self.unet.parameters()).device
-        latent = scaled_latents(self.vae, sources)
-        scheduler = UniPCMultistepScheduler.from_config(self.scheduler_config)
-        scheduler.set_timesteps(steps, device=device)
-        t = scheduler.timesteps[math.ceil(strength * steps) - 1]
-        count = len(latent)
-        noise = torch.randn((seeds, *latent.shape), generator=torch.Generator().manual_seed(seed)).to(latent)
-        noisy = scheduler.add_noise(latent.repeat(seeds, 1, 1, 1), noise.flatten(0, 1), t.reshape(1))
-        states = torch.cat([self.text.encode_text([""]).expand(count, -1, -1), self.text.encode_text(list(p_a)),
-                            self.text.encode_text(list(p_b))])  # fmt: skip
-        # Rows: 3 branches (null, p_a, p_b) x seeds x inputs (seed-major), in one call.
-        context = states.reshape(3, count, *states.shape[1:])[:, None].expand(
-            3, seeds, count, *states.shape[1:]
-        )
-        self.unet_calls += 1
-        eps = self.unet(
-            noisy.repeat(3, 1, 1, 1),
-            t,
-            encoder_hidden_states=context.reshape(-1, *states.shape[1:]).to(noisy),
-        ).sample
-        e_null, e_a, e_b = eps.float().chunk(3)
-        guided_a = e_null + self.guidance * (e_a - e_null)
-        guided_b = e_null + self.guidance * (e_b - e_null)
-        soft = normalise(prediction_difference(guided_a, guided_b, seeds))
-        return (soft > threshold).float(), soft

@@ -1,28 +1,18 @@
-"""The mini world's Table 1 beside the paper's: which of the paper's orderings hold.
+"""A table beside the paper's Table 1: which of the paper's orderings hold.
 
-    python tools/table1_report.py --table outputs/mini/eval/table.json --out docs/results/mini_table1.md \
-        --command "portrait-edit validate --config configs/mini/eval.yaml" [--command ...] [--note TEXT]
-
-Reads the evaluation's table.json (systems/evaluation.py: rows over all items and per task) and writes a
-markdown page: the commands that made it, the revision, the tables, and per task (costume, expression)
-and per metric the paper has (SSIM; FID, compared with the mini world's FID on its CLIP features, the
-nearest figure it can compute): the rows in the mini world's order, where Ours ranks, and the pairs of
-rows the mini world orders as the paper's Table 1 does (k of n) with the pairs it orders the other way.
+`page(table, ...)` is the markdown of an evaluation's table (systems/evaluation.py's table.json: rows over
+all items and per task) with the command that made it, the revision, the tables and, per task (costume,
+expression) and per metric the paper has (SSIM; FID, compared with the mini world's FID on its CLIP
+features, the nearest figure it can compute): the rows in the table's order, where Ours ranks, and the
+pairs of rows ordered as the paper's Table 1 orders them (k of n), with the pairs ordered the other way.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from datetime import UTC, datetime
 from itertools import combinations
-from pathlib import Path
 
-from make_mini_base import git_revision
-
-from portrait_edit.atomic import atomic_write_bytes
-from portrait_edit.metrics.report import markdown_table
+from portrait_edit.evaluation.report import markdown_table
 
 # The paper's Table 1 (costume / expression validation sets): SSIM (higher is better), FID (lower).
 PAPER = {
@@ -109,37 +99,3 @@ def page(
     if summary:
         lines += ["", "## Summary", "", summary]
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--table", default="outputs/mini/eval/table.json", help="the evaluation's table.json")
-    parser.add_argument("--out", default="docs/results/mini_table1.md")
-    parser.add_argument(
-        "--command", action="append", default=[], help="a command that made the table (repeat)"
-    )
-    parser.add_argument("--note", default=None, help="a paragraph placed under the header")
-    parser.add_argument(
-        "--summary", default=None, help="a markdown file placed at the end (the reading of it)"
-    )
-    parser.add_argument(
-        "--revision", default=None, help="the revision the evaluation ran at (default: now's)"
-    )
-    args = parser.parse_args(argv)
-    path = Path(args.table)
-    if not path.is_file():
-        raise SystemExit(
-            f"{path} does not exist: run portrait-edit validate --config configs/mini/eval.yaml first"
-        )
-    table = json.loads(path.read_text())
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    summary = Path(args.summary).read_text().strip() if args.summary else None
-    text = page(table, args.command, args.note, args.revision or git_revision(), summary)
-    atomic_write_bytes(out, text.encode())
-    print(f"table: {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
