@@ -16,21 +16,15 @@ from portrait_edit.systems.schedules import one_cycle
 class ExportingSystem(LightningModule):
     """A LightningModule with hyperparameters lr, weight_decay, warmup_fraction and export_dir.
 
-    Subclasses give `parameter_groups` (default: every parameter of `trained_module()` with the system's
-    weight decay) and `export(out_dir)`; `betas` are AdamW's."""
+    Subclasses define `trained_module()` (the module trained) and `export(out_dir)`, and may override
+    `parameter_groups` (default: every parameter of the trained module with the system's weight decay);
+    `betas` are AdamW's."""
 
     betas: tuple[float, float] = (0.9, 0.999)
 
-    def trained_module(self) -> torch.nn.Module:
-        raise NotImplementedError
-
     def parameter_groups(self) -> list[dict[str, Any]]:
-        return [
-            {"params": list(self.trained_module().parameters()), "weight_decay": self.hparams.weight_decay}
-        ]
-
-    def export(self, out_dir: str) -> Any:
-        raise NotImplementedError
+        params = list(self.trained_module().parameters())
+        return [{"params": params, "weight_decay": self.hparams.weight_decay}]
 
     def configure_optimizers(self) -> dict:
         optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.hparams.lr, betas=self.betas)
