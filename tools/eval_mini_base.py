@@ -32,7 +32,7 @@ import torch
 
 from portrait_edit.atomic import atomic_write_bytes, atomic_write_json
 from portrait_edit.data.jobs import sample_seed
-from portrait_edit.data.world_images import GENDERS, caption_classes
+from portrait_edit.data.world_images import GENDERS, caption_classes, image_classes
 from portrait_edit.evaluation.direction_classifier import DirectionClassifier
 from portrait_edit.evaluation.held_out import BASE_EVAL_SEED as EVAL_SEED
 from portrait_edit.evaluation.held_out import held_out_pair
@@ -40,9 +40,9 @@ from portrait_edit.evaluation.world_probe import WorldProbe
 from portrait_edit.images import encode_png, to_tensor
 from portrait_edit.loading.components import load_image_encoder, load_text_encoder, load_tokenizer, load_vae
 from portrait_edit.metrics.psnr import psnr_per_image
+from portrait_edit.metrics.retrieval import retrieval_top1
 from portrait_edit.models.clip_pair import load_text_projection
 from portrait_edit.paths import DATA_DIR
-from portrait_edit.systems.clip import image_classes, retrieval_top1
 from portrait_edit.systems.sampling import SamplingSystem, contact_sheet
 from portrait_edit.tasks import DIRECTIONS, LABELS, caption, task_for_direction
 

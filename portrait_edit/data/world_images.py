@@ -76,6 +76,15 @@ def caption_classes(genders: tuple[str, ...] = GENDERS) -> tuple[list[str], list
     return captions, classes
 
 
+def image_classes(genders: list[str], labels: torch.Tensor) -> torch.Tensor:
+    """Class id gender index * 9 + label of each image (as in `caption_classes`), long (B,)."""
+    unknown = sorted(set(genders) - set(GENDERS))
+    if unknown:
+        raise ValueError(f"unknown gender word(s) {unknown}; the world's genders are {GENDERS}")
+    index = torch.tensor([GENDERS.index(g) for g in genders], device=labels.device)
+    return index * len(LABELS) + labels
+
+
 @dataclass
 class PairArrays:
     """Pairs held in memory, sorted by key. Images uint8 (N, H, W, 3); keypoints float32 (N, 18, 3)."""

@@ -23,12 +23,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from portrait_edit.data.world_images import caption_classes
+from portrait_edit.data.world_images import caption_classes, image_classes
 from portrait_edit.loading.components import MAX_TOKENS, load_tokenizer
+from portrait_edit.metrics.retrieval import retrieval_top1
 from portrait_edit.models.clip_pair import build_clip, export_clip
 from portrait_edit.systems.exporting import ExportingSystem
-from portrait_edit.tasks import LABELS
-from portrait_edit.world.identity import GENDERS
 
 log = logging.getLogger(__name__)
 MAX_LOGIT_SCALE = 100.0  # CLIP clamps exp(logit_scale) here so the softmax temperature cannot collapse
@@ -78,32 +77,6 @@ def caption_positives(
         [[c == mine or c in plain for c in distinct] for mine in captions], device=classes.device
     )
     return same_class & own
-
-
-def retrieval_top1(
-    similarity: torch.Tensor, image_classes: torch.Tensor, caption_classes: torch.Tensor
-) -> torch.Tensor:
-    """Image-to-caption retrieval: 1.0 where the most similar caption is of the image's class.
-
-    Args:
-        similarity: float (N, C), image x caption.
-        image_classes: long (N,).
-        caption_classes: long (C,).
-
-    Returns:
-        float (N,) in {0, 1}; its mean is the top-1 accuracy.
-    """
-    best = similarity.argmax(dim=1)
-    return (caption_classes.to(best.device)[best] == image_classes).float()
-
-
-def image_classes(genders: list[str], labels: torch.Tensor) -> torch.Tensor:
-    """Class id gender index * 9 + label of each image (as in `caption_classes`), long (B,)."""
-    unknown = sorted(set(genders) - set(GENDERS))
-    if unknown:
-        raise ValueError(f"unknown gender word(s) {unknown}; the world's genders are {GENDERS}")
-    index = torch.tensor([GENDERS.index(g) for g in genders], device=labels.device)
-    return index * len(LABELS) + labels
 
 
 class CLIPSystem(ExportingSystem):

@@ -12,15 +12,16 @@ from torch.utils.data import DataLoader
 from transformers import CLIPTextConfig
 
 from portrait_edit.blur import gaussian_blur
-from portrait_edit.data.world_images import PairArrays, WorldImagesDataset
+from portrait_edit.data.world_images import PairArrays, WorldImagesDataset, image_classes
 from portrait_edit.diffusion.face_weights import face_gaussian, face_weights
 from portrait_edit.evaluation.direction_classifier import DirectionClassifier
 from portrait_edit.loading.components import load_image_encoder, load_text_encoder, load_tokenizer, load_vae
 from portrait_edit.metrics.psnr import psnr_per_image
+from portrait_edit.metrics.retrieval import retrieval_top1
 from portrait_edit.models.clip_pair import load_text_projection
 from portrait_edit.paths import PRESETS_DIR
 from portrait_edit.systems.classifier import DirectionClassifierSystem, accuracy, degrade
-from portrait_edit.systems.clip import CLIPSystem, image_classes, multi_positive_loss, retrieval_top1
+from portrait_edit.systems.clip import CLIPSystem, multi_positive_loss
 from portrait_edit.systems.vae import VAESystem, kl_per_element, reconstruction_loss
 from portrait_edit.tasks import DIRECTIONS
 from portrait_edit.world import make_pair
