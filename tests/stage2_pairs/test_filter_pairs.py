@@ -1,5 +1,6 @@
-"""tools/filter_pairs.py on shards written by the real ShardWriter: the per-direction selection against
-hand-computed ranks, byte-identical copies, corrupt samples, merging, refusal and resume."""
+"""The pair filter (data/pair_filter.py) and its tool on shards written by the real ShardWriter: the
+per-direction selection against hand-computed ranks, byte-identical copies, corrupt samples, merging,
+refusal and resume."""
 
 import json
 import os
@@ -10,13 +11,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from tool_loader import load_tool
+from run_tool import run_tool
 
+from portrait_edit.data import pair_filter as tool
 from portrait_edit.data.jobs import ShardedJobs, sample_seed
 from portrait_edit.data.shard_pipeline import PairShardsMapDataset, resolve_shards
 from portrait_edit.data.shard_writer import ShardWriter
-
-tool = load_tool("filter_pairs")
 
 # Direction "a": identity and halves' agreement fall together, so both criteria keep the first three.
 # Direction "b": they disagree. Identity ranks (0 = best): i0 0, i2 1, i3 2, i1 3; SSIM ranks (noise
@@ -159,12 +159,13 @@ def test_corrupt_sample_is_dropped_and_counted(tmp_path):
     assert side["filtered"]["000000002"].startswith("unreadable: ValueError: cannot decode image")
 
 
-def test_merges_sources_refuses_other_settings_and_resumes(tmp_path, capsys):
+def test_merges_sources_refuses_other_settings_and_resumes(tmp_path):
     _write(tmp_path / "one")
     _write(tmp_path / "two", pairs=PAIRS[:6])
     out = tmp_path / "out"
     argv = [str(tmp_path / "one"), str(tmp_path / "two"), "--out", str(out), "--keep", "0.5"]
-    assert tool.main(argv) == 0
+    first = run_tool("filter_pairs", *argv)
+    assert first.returncode == 0, first.stderr[-2000:]
     record = json.loads((out / "filter.json").read_text())
     # Direction "a" has 12 pairs now, two copies of each; a copy from "one" ranks just above its twin
     # from "two", so the top 6 are both copies of 0, 1, 2. Direction "b" (only in "one") keeps 6 and 8.
@@ -178,16 +179,16 @@ def test_merges_sources_refuses_other_settings_and_resumes(tmp_path, capsys):
     ]
     assert len(record["origin"]) == 6 + 2 and len(set(record["origin"])) == 8
     assert [f.name for f in sorted(out.glob("*.tar"))] == [f"pairs-000-{n:06d}.tar" for n in range(5)]
-    assert "kept 8 of 16 pairs" in capsys.readouterr().out
+    assert "kept 8 of 16 pairs" in first.stdout
 
-    assert tool.main(argv[:-1] + ["0.4"]) == 2
-    assert "filtered with other settings" in capsys.readouterr().err
+    other = run_tool("filter_pairs", *argv[:-1] + ["0.4"])
+    assert other.returncode == 2 and "filtered with other settings" in other.stderr
 
     shard = out / "pairs-000-000003.tar"
     before = shard.read_bytes()
     os.remove(shard)
     os.remove(out / "pairs-000-000003.json")
-    assert tool.main(argv) == 0
+    assert run_tool("filter_pairs", *argv).returncode == 0
     assert shard.read_bytes() == before and json.loads((out / "filter.json").read_text()) == record
 
 

@@ -1,4 +1,5 @@
-"""tools/inspect_shards.py on shards written by the real ShardWriter."""
+"""The shard report (data/shard_report.py) and its tool, tools/inspect_shards.py, on shards written by the
+real ShardWriter."""
 
 import shutil
 from pathlib import Path
@@ -6,13 +7,12 @@ from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image
-from tool_loader import load_tool
+from run_tool import run_tool
 
 from portrait_edit.data.jobs import ShardedJobs, sample_seed
+from portrait_edit.data.shard_report import LABEL, TILE, inspect_shards
 from portrait_edit.data.shard_writer import ShardWriter
 from portrait_edit.images import encode_png
-
-inspect_tool = load_tool("inspect_shards")
 
 
 def _pixels(index: int) -> dict[str, np.ndarray]:
@@ -47,7 +47,7 @@ def _write(out: Path, num: int = 7) -> None:
 def test_inspect_report_and_contact_sheet(tmp_path):
     out = tmp_path / "pairs"
     _write(out)
-    report = inspect_tool.inspect_shards(str(out), sheet=str(tmp_path / "sheet.png"), n=4)
+    report = inspect_shards(str(out), sheet=str(tmp_path / "sheet.png"), n=4)
     assert (report["shards"], report["samples"], report["skipped"]) == (3, 7, 0)
     assert (report["first_key"], report["last_key"]) == ("000000000", "000000006")
     assert report["duplicate_keys"] == [] and report["temporary_files"] == []
@@ -59,7 +59,7 @@ def test_inspect_report_and_contact_sheet(tmp_path):
         "max": max(src_sizes),
     }
     sheet = np.asarray(Image.open(tmp_path / "sheet.png").convert("RGB"))
-    tile, label = inspect_tool.TILE, inspect_tool.LABEL
+    tile, label = TILE, LABEL
     assert sheet.shape == (4 * (tile + label), 4 * tile, 3)  # 4 rows; src | tgt | gt | mask (no pose)
     # Row 1, column 0 is sample 1's src scaled 6x (nearest): its top-left block is src[0, 0].
     y0 = tile + label + label
@@ -69,24 +69,23 @@ def test_inspect_report_and_contact_sheet(tmp_path):
     assert sheet[label + 1, 3 * tile + 1].tolist() in ([0, 0, 0], [255, 255, 255])  # mask column
 
 
-def test_inspect_flags_duplicates_leftovers_and_cli(tmp_path, capsys):
+def test_inspect_flags_duplicates_leftovers_and_cli(tmp_path):
     out = tmp_path / "pairs"
     _write(out)
     shutil.copy(out / "pairs-000-000000.tar", out / "pairs-001-000009.tar")  # same keys twice
     (out / "pairs-001-000002.tar.tmp").write_bytes(b"partial")
-    report = inspect_tool.inspect_shards(str(out))
+    report = inspect_shards(str(out))
     assert report["duplicate_keys"] == ["000000000", "000000001", "000000002"]
     assert [Path(p).name for p in report["temporary_files"]] == ["pairs-001-000002.tar.tmp"]
     assert report["sheet"] is None
 
-    assert (
-        inspect_tool.main([str(out / "pairs-000-*.tar"), "--sheet", str(tmp_path / "s.png"), "--n", "2"]) == 0
-    )
-    printed = capsys.readouterr().out
+    done = run_tool("inspect_shards", out / "pairs-000-*.tar", "--sheet", tmp_path / "s.png", "--n", 2)
+    assert done.returncode == 0
+    printed = done.stdout
     assert "3 shard(s), 7 sample(s)" in printed and f"wrote contact sheet to {tmp_path / 's.png'}" in printed
     assert Image.open(tmp_path / "s.png").size == (
-        4 * inspect_tool.TILE,
-        2 * (inspect_tool.TILE + inspect_tool.LABEL),
+        4 * TILE,
+        2 * (TILE + LABEL),
     )
-    assert inspect_tool.main([str(tmp_path / "missing")]) == 2
-    assert "no complete shards" in capsys.readouterr().err
+    missing = run_tool("inspect_shards", tmp_path / "missing")
+    assert missing.returncode == 2 and "no complete shards" in missing.stderr
