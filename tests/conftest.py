@@ -29,40 +29,33 @@ def clip_tokenizer():
     return load_tokenizer("tiny")
 
 
-@pytest.fixture(scope="session")
-def world_shards(tmp_path_factory):
-    """8 mini-world pairs at 32 x 32 in one shard, written by `predict` on configs/mini/world_pairs.yaml."""
+def predict_shards(out, config: str, *overrides: str):
+    """`portrait-edit predict --config configs/<config>` writing its shards into `out`."""
     from pathlib import Path
 
     from portrait_edit.cli import PortraitCLI
 
     root = Path(__file__).resolve().parents[1]
-    out = tmp_path_factory.mktemp("pairs")
-    PortraitCLI(
-        args=[
-            "predict", "--config", str(root / "configs/mini/world_pairs.yaml"),
-            f"--trainer.default_root_dir={out}", f"--trainer.callbacks.init_args.output_dir={out}",
-            "--model.init_args.size=32", "--data.init_args.num_samples=8", "--data.init_args.shard_size=8",
-        ]
-    )  # fmt: skip
+    args = ["predict", "--config", str(root / "configs" / config), f"--trainer.default_root_dir={out}",
+            f"--trainer.callbacks.init_args.output_dir={out}", *overrides]  # fmt: skip
+    PortraitCLI(args=args)
     return out
+
+
+@pytest.fixture(scope="session")
+def world_shards(tmp_path_factory):
+    """8 mini-world pairs at 32 x 32 in one shard, written by `predict` on configs/mini/world_pairs.yaml."""
+    return predict_shards(
+        tmp_path_factory.mktemp("pairs"), "mini/world_pairs.yaml", "--model.init_args.size=32",
+        "--data.init_args.num_samples=8", "--data.init_args.shard_size=8",
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
 def mini_pairs(tmp_path_factory):
     """The first 6 training pairs of the mini world, made by the generate stage itself (`predict` on
     configs/mini/generate.yaml with the shipped mini base) into one shard."""
-    from pathlib import Path
-
-    from portrait_edit.cli import PortraitCLI
-
-    root = Path(__file__).resolve().parents[1]
-    out = tmp_path_factory.mktemp("mini_pairs")
-    PortraitCLI(
-        args=[
-            "predict", "--config", str(root / "configs/mini/generate.yaml"),
-            f"--trainer.default_root_dir={out}", f"--trainer.callbacks.init_args.output_dir={out}",
-            "--trainer.enable_progress_bar=false", "--data.init_args.num_samples=6",
-        ]
+    return predict_shards(
+        tmp_path_factory.mktemp("mini_pairs"), "mini/generate.yaml", "--trainer.enable_progress_bar=false",
+        "--data.init_args.num_samples=6",
     )  # fmt: skip
-    return out

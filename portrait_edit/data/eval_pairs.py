@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
@@ -30,10 +29,6 @@ from portrait_edit.tasks import DIRECTIONS, prompts_for
 
 WORLD = "world"
 FIELDS = ("src.png", "tgt.png", "json")
-
-
-def _float(image: np.ndarray) -> torch.Tensor:
-    return to_tensor(image)
 
 
 class WorldEvalDataset(Dataset):
@@ -51,8 +46,8 @@ class WorldEvalDataset(Dataset):
         pair = held_out_pair(k, direction, self.size, self.seed)
         prompts = prompts_for(direction, pair.gender)
         return {
-            "index": i, "seed": edit_seed(i, self.seed), "source": _float(pair.src),
-            "target": _float(pair.gt), "region": torch.from_numpy(pair.edit_mask).float(),
+            "index": i, "seed": edit_seed(i, self.seed), "source": to_tensor(pair.src),
+            "target": to_tensor(pair.gt), "region": torch.from_numpy(pair.edit_mask).float(),
             "p_a": prompts["p_a"], "p_b": prompts["p_b"], "direction": direction,
         }  # fmt: skip
 
@@ -75,7 +70,7 @@ class ShardEvalDataset(Dataset):
         meta = sample["json"]
         source, target = to_uint8(sample["src.png"]), to_uint8(sample["tgt.png"])
         return {
-            "index": i, "seed": edit_seed(i, self.seed), "source": _float(source), "target": _float(target),
+            "index": i, "seed": edit_seed(i, self.seed), "source": to_tensor(source), "target": to_tensor(target),
             "region": torch.full(source.shape[:2], -1.0), "p_a": meta["p_a"], "p_b": meta["p_b"],
             "direction": meta["direction"],
         }  # fmt: skip

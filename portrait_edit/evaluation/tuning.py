@@ -22,6 +22,7 @@ from portrait_edit.data.eval_pairs import WORLD, EvalPairsDataModule
 from portrait_edit.evaluation.held_out import TUNE_SEED
 from portrait_edit.evaluation.methods import MethodSpec
 from portrait_edit.models.mcdm_export import MCDMExportSettings
+from portrait_edit.systems.evaluation import EvaluationSystem
 
 Setting = tuple[float, float, float]  # (image, spatial, text)
 FRACTION_ROUNDING = 1e-6  # far below one edit's share of a fidelity (1 / inputs / directions)
@@ -53,8 +54,6 @@ def sweep(
 ) -> dict:
     """Evaluate every setting of `grid` (module docstring); returns the table (table.json: rows over all
     items and per task, by the settings' keys)."""
-    from portrait_edit.systems.evaluation import EvaluationSystem  # the evaluation's LightningModule
-
     specs = [MethodSpec(key(s), "mcdm", str(mcdm), use_mask=False, scales=scales_of(s)) for s in grid]
     system = EvaluationSystem(
         specs, output_dir=str(out), title=f"Guidance scales of {mcdm} on the tuning stream", classifier=str(classifier),
